@@ -1,0 +1,392 @@
+"""``DiagnosticsCallback``: the thin adapter from TRL's ``TrainerCallback`` events to a ``Monitor``.
+
+What TRL does not give a callback, and how this file copes (see shared/reference/trl-log-keys.md):
+- the trainer object is not passed: it is found once by walking the call stack in ``on_init_end`` /
+  ``on_train_begin``;
+- ``on_train_end`` never runs after an exception or Ctrl-C: the trainer's ``train`` method is wrapped on the
+  instance so every way out of it (exception, KeyboardInterrupt from Ctrl-C or a kernel interrupt, SystemExit)
+  is recorded, in scripts and in notebook cells alike. SIGINT handling is left to Python/ipykernel untouched;
+  SIGTERM gets a handler only during training, which chains the previous one and is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback as tb
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+
+from . import environment, postmortem, profiles
+from .console import ConsoleSink
+from .events import RunStart
+from .monitor import Monitor
+from .runfolder import RunWriter
+
+log = logging.getLogger("ptt_nb")
+
+# Config values worth keeping in the run header (the rest of TrainingArguments is noise for diagnosis).
+CONFIG_KEYS = (
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "max_steps", "num_train_epochs",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "weight_decay", "seed",
+    "bf16", "fp16", "gradient_checkpointing", "logging_steps", "eval_strategy", "eval_steps", "output_dir",
+    "beta", "loss_type", "label_smoothing", "rpo_alpha", "ld_alpha", "max_length", "max_prompt_length",
+    "max_completion_length", "num_generations", "num_iterations", "steps_per_generation", "epsilon",
+    "epsilon_high", "scale_rewards", "temperature", "top_k", "top_p", "mask_truncated_completions",
+    "desirable_weight", "undesirable_weight", "cpo_alpha", "simpo_gamma", "alpha", "kl_coef", "cliprange",
+    "cliprange_value", "vf_coef", "num_ppo_epochs", "num_mini_batches", "whiten_rewards", "missing_eos_penalty",
+    "use_vllm", "vllm_mode", "packing", "completion_only_loss", "assistant_only_loss", "reward_weights",
+    "center_rewards_coefficient", "disable_dropout", "precompute_ref_log_probs", "sync_ref_model",
+)
+
+
+def _config_summary(args: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"config_class": type(args).__name__}
+    for key in CONFIG_KEYS:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if hasattr(value, "value"):  # enums such as IntervalStrategy
+            value = value.value
+        if isinstance(value, (bool, int, float, str)) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str)) for v in value)
+        ):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _find_trainer() -> Trainer | None:
+    """The Trainer whose method is on the call stack (TRL does not pass it to callbacks)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _numeric(logs: dict[str, Any], step: int, warned: set[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """Copy the numeric values of a log dict (TRL passes one shared mutable dict; never mutate it)."""
+    values: dict[str, float] = {}
+    text: dict[str, str] = {}
+    for key, value in logs.items():
+        if type(value) is float:
+            values[key] = value
+            continue
+        if isinstance(value, bool):
+            values[key] = float(value)
+            continue
+        try:
+            values[key] = float(value)  # ints, numpy and 0-d torch scalars
+        except (TypeError, ValueError):
+            text[key] = repr(value)[:200]
+            if key not in warned:
+                warned.add(key)
+                log.warning("ptt_nb: log key %r at step %s has a non-numeric value (%s); it is kept out of the "
+                            "metric history", key, step, type(value).__name__)
+    return values, text
+
+
+class DiagnosticsCallback(TrainerCallback):
+    """Live diagnostics for any TRL (or transformers) trainer: ``callbacks=[DiagnosticsCallback()]``.
+
+    Args:
+        run_dir: where the run folder goes; default ``<output_dir>/ptt_nb/<algorithm>-<time>`` (a resumed
+            run appends to the newest folder there).
+        stop_on_critical: stop training at the step a critical alert fires (0 extra steps).
+        rules: only these built-in heuristics (ids, or prefixes ending in ``*``); default all.
+        exclude_rules: heuristics to leave out.
+        rule_dir: a folder of YAML rule packs (custom rules; one with a built-in's id replaces it).
+        custom_rules: extra rules (Rule objects or ``@rule``-decorated functions).
+        console: print alerts through ``logging`` (default: yes outside notebooks).
+        widget: show the live dashboard (default: yes inside a notebook).
+        rank_stats_every: steps between per-rank timing/memory gathers on multi-process runs (0: off).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        stop_on_critical: bool = False,
+        rules: list[str] | None = None,
+        exclude_rules: list[str] | None = None,
+        rule_dir: str | os.PathLike[str] | None = None,
+        custom_rules: list[Any] | None = None,
+        console: bool | None = None,
+        widget: bool | None = None,
+        rank_stats_every: int | None = None,
+    ) -> None:
+        self.run_dir_option = run_dir
+        self.stop_on_critical = stop_on_critical
+        self.select, self.exclude = rules, exclude_rules
+        self.rule_dir = rule_dir
+        self.custom_rules = list(custom_rules or [])
+        self.console = console
+        self.widget_option = widget
+        self.rank_stats_every = rank_stats_every
+        self.monitor: Monitor | None = None
+        self.run_dir: Path | None = None
+        self.trainer: Trainer | None = None
+        self.widget = None
+        self.rank = 0
+        self.world_size = 1
+        self._state = None
+        self._writer: RunWriter | None = None
+        self._wrapped = False
+        self._finished = True
+        self._prev_sigterm: Any = None
+        self._sigterm_installed = False
+        self._sigterm_seen = False
+        self._ipython_hook = None
+        self._warned_keys: set[str] = set()
+        self._rank_stats = None
+
+    # -- trainer discovery and crash capture -----------------------------------------------------------------
+    def on_init_end(self, args, state, control, **kwargs):
+        self._attach(_find_trainer())
+
+    def _attach(self, trainer: Trainer | None) -> None:
+        if trainer is None or trainer is self.trainer and self._wrapped:
+            return
+        self.trainer = trainer
+        original = trainer.train
+        if getattr(original, "_ptt_wrapped", False):
+            self._wrapped = True
+            return
+
+        @functools.wraps(original)
+        def train(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            except BaseException as exc:
+                self._on_exception(exc)
+                raise
+
+        train._ptt_wrapped = True  # type: ignore[attr-defined]
+        trainer.train = train  # instance attribute: only this trainer, removed with it
+        self._wrapped = True
+
+    def _on_exception(self, exc: BaseException) -> None:
+        if self._finished:
+            return
+        if self._sigterm_seen:
+            reason = "sigterm"
+        elif isinstance(exc, KeyboardInterrupt):
+            reason = "keyboard_interrupt"
+        else:
+            reason = "exception"
+        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        self._finish(reason, traceback=text, detail=f"{type(exc).__name__}: {exc}")
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._sigterm_seen = True
+        stack = "".join(tb.format_stack(frame)) if frame is not None else None
+        prev = self._prev_sigterm
+        self._finish("sigterm", traceback=stack, detail="SIGTERM received")
+        if callable(prev):
+            prev(signum, frame)
+        elif prev in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.getsignal(signal.SIGTERM)
+            if prev is not signal.SIG_IGN:
+                self._prev_sigterm = prev
+                signal.signal(signal.SIGTERM, self._on_sigterm)
+                self._sigterm_installed = True
+        if not self._wrapped:
+            # added with trainer.add_callback(): the current train() call cannot be wrapped any more, so
+            # fall back to IPython's post_run_cell (notebooks) and atexit (scripts) to see how it ended.
+            shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+            if shell is not None:
+                def hook(result: Any) -> None:
+                    if result.error_in_exec is not None:
+                        self._on_exception(result.error_in_exec)
+
+                shell.events.register("post_run_cell", hook)
+                self._ipython_hook = (shell, hook)
+            atexit.register(self._at_exit)
+
+    def _remove_handlers(self) -> None:
+        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, self._prev_sigterm if self._prev_sigterm is not None else signal.SIG_DFL)
+            self._sigterm_installed = False
+        if self._ipython_hook is not None:
+            shell, hook = self._ipython_hook
+            try:
+                shell.events.unregister("post_run_cell", hook)
+            except ValueError:
+                pass
+            self._ipython_hook = None
+        atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        if exc is not None:
+            self._on_exception(exc)
+        else:
+            self._finish("unknown", detail="the process exited while training was running")
+
+    # -- run lifecycle ----------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer is None:
+            self._attach(_find_trainer())
+        self._state = state
+        self.rank, self.world_size = environment.rank_and_world()
+        trainer_cls = type(self.trainer) if self.trainer is not None else None
+        mros = [profiles.mro_names(trainer_cls)] if trainer_cls else []
+        profile = profiles.detect(*mros, profiles.mro_names(type(args)))
+        resumed = state.global_step > 0
+        self.run_dir = self._resolve_run_dir(args, profile.name, resumed)
+        extra = self._load_custom_rules()
+        self.monitor = Monitor(select=self.select, exclude=self.exclude, extra_rules=extra,
+                               stop_on_critical=self.stop_on_critical)
+        monitor = self.monitor
+        monitor.run_dir = self.run_dir
+        main = self.rank == 0
+        if main:
+            self._writer = RunWriter(self.run_dir)
+            monitor.subscribe(self._writer)
+            notebook = environment.in_notebook()
+            show_widget = notebook if self.widget_option is None else self.widget_option
+            if show_widget:
+                self.widget = self._start_widget(monitor)
+            console = (self.widget is None) if self.console is None else self.console
+            if console:
+                monitor.subscribe(ConsoleSink(str(self.run_dir)))
+        self._finished = False
+        self._sigterm_seen = False
+        run = RunStart(
+            run_id=self.run_dir.name,
+            trainer=trainer_cls.__name__ if trainer_cls else type(args).__name__,
+            algorithm=profile.name,
+            config=_config_summary(args),
+            versions=environment.versions() if main else {},
+            world_size=self.world_size,
+            max_steps=state.max_steps or None,
+            git_commit=environment.git_commit() if main else None,
+            resumed_from_step=state.global_step if resumed else None,
+        )
+        monitor.start(run)
+        self._start_rank_stats(args)
+        self._install_handlers()
+
+    def _resolve_run_dir(self, args: Any, algorithm: str, resumed: bool) -> Path:
+        if self.run_dir_option is not None:
+            return Path(self.run_dir_option)
+        root = Path(getattr(args, "output_dir", None) or "ptt_runs") / "ptt_nb"
+        if resumed and root.is_dir():
+            existing = sorted((p for p in root.iterdir() if (p / "events.jsonl").exists()),
+                              key=lambda p: p.stat().st_mtime)
+            if existing:
+                return existing[-1]
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = root / f"{algorithm}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = root / f"{algorithm}-{stamp}-{n}"
+        return path
+
+    def _load_custom_rules(self) -> list[Any]:
+        rules: list[Any] = []
+        if self.rule_dir is not None or self.custom_rules:
+            from .rules.custom import as_rules, load_rule_dir
+
+            if self.rule_dir is not None:
+                rules.extend(load_rule_dir(self.rule_dir))
+            rules.extend(as_rules(self.custom_rules))
+        return rules
+
+    def _start_widget(self, monitor: Monitor) -> Any:
+        try:
+            from .widget import attach
+        except ImportError as exc:
+            log.warning("ptt_nb: the notebook dashboard is unavailable (%s); alerts go to the console", exc)
+            return None
+        return attach(monitor)
+
+    def _start_rank_stats(self, args: Any) -> None:
+        if self.world_size <= 1 or self.rank_stats_every == 0:
+            return
+        try:
+            from .distributed import RankStatsCollector
+        except ImportError:
+            return
+        self._rank_stats = RankStatsCollector.create(self, args, every=self.rank_stats_every)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._rank_stats is not None:
+            self._rank_stats.step_begin(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        monitor = self.monitor
+        if monitor is None:
+            return
+        if self._rank_stats is not None:
+            self._rank_stats.step_end(state.global_step)
+        if monitor.step_end(state.global_step):
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        monitor = self.monitor
+        if monitor is None or not logs:
+            return
+        values, _text = _numeric(logs, state.global_step, self._warned_keys)
+        if "train_runtime" in values:
+            split = "summary"
+        elif any(k.startswith("eval_") for k in values):
+            split = "eval"
+        else:
+            split = "train"
+        monitor.log(state.global_step, values, split)
+        if monitor.stop_requested:
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.monitor is not None and not self._finished:
+            self._finish(self.monitor.end_reason_for_normal_return())
+
+    # -- ending ------------------------------------------------------------------------------------------------------
+    def _finish(self, reason: str, *, traceback: str | None = None, detail: str = "") -> None:
+        if self._finished or self.monitor is None:
+            return
+        self._finished = True
+        monitor = self.monitor
+        step = self._state.global_step if self._state is not None else monitor.step
+        try:
+            if reason != "finished" and self.rank == 0 and self.run_dir is not None:
+                data = postmortem.build(monitor, reason, step=step, traceback=traceback, detail=detail)
+                postmortem.write(self.run_dir, data)
+                monitor.postmortem = data
+            monitor.finish(reason, step=step, detail=detail)
+        finally:
+            self._remove_handlers()
+            if self._rank_stats is not None:
+                self._rank_stats.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            if reason != "finished" and self.rank == 0:
+                log.warning("ptt_nb: run ended at step %s (%s); postmortem: %s", step, reason,
+                            self.run_dir / "postmortem.json" if self.run_dir else "-")
+
+    # -- user controls ----------------------------------------------------------------------------------------------
+    def stop(self, reason: str = "user_stop") -> None:
+        """Stop training at the next step boundary (thread-safe)."""
+        if self.monitor is not None:
+            self.monitor.request_stop(by="user", reason=reason)
+
+

@@ -1,0 +1,297 @@
+"""The Monitor: one per run. It owns the profile, metric history, heuristics engine and stop flag, and
+publishes every fact as a typed event to its sinks (run folder, widget, console).
+
+Live training, replay and watch all drive the same Monitor: the callback feeds it from TRL's callback
+events, the reader feeds it from ``events.jsonl``. Nothing here imports torch, transformers or IPython.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import profiles
+from .events import SEVERITY_RANK, Alert, Control, Event, Metrics, RankStats, RunEnd, RunStart
+from .history import MetricHistory
+from .rules.builtin import default_rules, select_rules
+from .rules.engine import Context, Engine, Rule
+
+log = logging.getLogger("ptt_nb")
+
+Sink = Callable[[Event], None]
+
+# Run states shown in the header; derived from the end reason.
+STATE_BY_REASON = {
+    "finished": "finished",
+    "user_stop": "stopped_by_user",
+    "auto_stop": "auto_stopped",
+    "nonfinite": "auto_stopped",
+}
+
+
+class Monitor:
+    """Metric history + heuristics + stop flag for one run, with events fanned out to sinks."""
+
+    def __init__(
+        self,
+        *,
+        select: list[str] | None = None,
+        exclude: list[str] | None = None,
+        extra_rules: Iterable[Rule] = (),
+        stop_on_critical: bool = False,
+        evaluate: bool = True,
+    ) -> None:
+        self.profile = profiles.GENERIC
+        self.history = MetricHistory()
+        self.run: RunStart | None = None
+        self.end_event: RunEnd | None = None
+        self.alerts: list[Alert] = []
+        self.controls: list[Control] = []
+        self.rank_stats: list[RankStats] = []
+        self.stop_on_critical = stop_on_critical
+        self.evaluate = evaluate
+        self._select, self._exclude = select, exclude
+        self._extra_rules = list(extra_rules)
+        self.ctx = Context(history=self.history)
+        self.engine = Engine([], self.ctx)
+        self.sinks: list[Sink] = []
+        self.step = 0
+        self.max_steps: int | None = None
+        self._stop = threading.Event()
+        self.stop_info: dict[str, Any] | None = None
+        self._t_start: float | None = None
+        self._rate: float | None = None
+        self._last_step_t: tuple[int, float] | None = None
+        self._other_keys: list[str] = []
+        self._profile_keys: list[str] = []
+        self.warnings: list[str] = []
+        self.run_dir: Any = None  # set by the callback or the reader
+        self.postmortem: dict[str, Any] | None = None
+
+    # -- wiring ---------------------------------------------------------------------------------------------
+    def subscribe(self, sink: Sink) -> Callable[[], None]:
+        self.sinks.append(sink)
+        return lambda: self.sinks.remove(sink) if sink in self.sinks else None
+
+    def emit(self, event: Event) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink(event)
+            except Exception as exc:  # a sink (widget, disk) failing must not stop training
+                self.sinks.remove(sink)
+                self.warn(f"ptt_nb: an event sink failed ({type(exc).__name__}: {exc}) and was detached")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning(message)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self, run: RunStart) -> None:
+        """Begin (or resume) a run: pick the profile, build the rules, run config-time checks."""
+        self.run = run
+        self.profile = profiles.get_profile(run.algorithm)
+        if not run.panels:
+            run.panels = [dict(p) for p in self.profile.panels]
+        self._profile_keys = self.profile.panel_keys()
+        self.max_steps = run.max_steps
+        self.ctx.algorithm = run.algorithm
+        self.ctx.config = run.config
+        self.ctx.max_steps = run.max_steps
+        if self.evaluate:
+            self.engine = Engine(select_rules(default_rules(), self._select, self._exclude), self.ctx)
+            for rule in self._extra_rules:  # custom rules override built-ins with the same id
+                self.engine.add(rule)
+        self._t_start = run.t
+        self.emit(run)
+        if self.evaluate:
+            self._publish_alerts(self.engine.start())
+
+    def log(self, step: int, values: dict[str, float], split: str = "train", t: float | None = None) -> list[Alert]:
+        """Ingest one log point; returns the alerts it opened or resolved."""
+        for name, _formula, fn in self.profile.derived:
+            if split == "train":
+                value = fn(values)
+                if value is not None:
+                    values[name] = value
+        if split == "train":
+            for key in values:
+                if key not in self.history and key not in self._other_keys and not self._is_profile_key(key):
+                    self._other_keys.append(key)
+        self.history.add(step, split, values)
+        self.emit(Metrics(step=step, split=split, values=values) if t is None else
+                  Metrics(step=step, split=split, values=values, t=t))
+        if step > self.step:
+            self.step = step
+        if not self.evaluate or split == "summary":
+            return []
+        alerts = self.engine.evaluate(step, split, values)
+        if alerts:
+            self._publish_alerts(alerts)
+        return alerts
+
+    def _is_profile_key(self, key: str) -> bool:
+        return any(profiles.match_key(p, key) for p in self._profile_keys)
+
+    def _publish_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.add_alert(alert)
+            if (self.stop_on_critical and alert.severity == "critical" and alert.state == "active"
+                    and not self._stop.is_set()):
+                reason = "nonfinite" if alert.rule == "nonfinite_values" else "auto_stop"
+                self.request_stop(by="auto_stop", reason=reason, alert=alert)
+
+    def add_alert(self, alert: Alert) -> None:
+        """Record an alert event (from the engine, a distributed check, or a replayed file)."""
+        if alert.state == "resolved":
+            for i in range(len(self.alerts) - 1, -1, -1):
+                if self.alerts[i].id == alert.id:
+                    self.alerts[i] = alert
+                    break
+            else:
+                self.alerts.append(alert)
+        else:
+            self.alerts.append(alert)
+        self.emit(alert)
+
+    def add_rank_stats(self, stats: RankStats) -> None:
+        self.rank_stats.append(stats)
+        if len(self.rank_stats) > 4096:  # bounded: keep the newest intervals
+            del self.rank_stats[:1024]
+        self.emit(stats)
+
+    def step_end(self, step: int, t: float | None = None) -> bool:
+        """Called at every optimizer-step boundary; returns True when training should stop now."""
+        t = time.time() if t is None else t
+        last = self._last_step_t
+        if last is not None and step > last[0]:
+            rate = (step - last[0]) / max(t - last[1], 1e-9)
+            self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
+        self._last_step_t = (step, t)
+        if step > self.step:
+            self.step = step
+        return self._stop.is_set()
+
+    # -- stop ----------------------------------------------------------------------------------------------------
+    def request_stop(self, by: str = "user", reason: str = "user_stop", alert: Alert | None = None) -> None:
+        """Thread-safe: may be called from a widget's subshell thread or a magic while training runs."""
+        if self._stop.is_set():
+            return
+        self.stop_info = {"by": by, "reason": reason, "alert": alert.__dict__ if alert else None}
+        self._stop.set()
+        control = Control(action="stop", step=self.step, by=by, reason=reason,
+                          detail={"rule": alert.rule, "alert_id": alert.id} if alert else {})
+        self.controls.append(control)
+        self.emit(control)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def finish(self, reason: str, step: int | None = None, detail: str = "") -> RunEnd:
+        if self.end_event is not None:
+            return self.end_event
+        self.end_event = RunEnd(reason=reason, step=self.step if step is None else step, detail=detail)
+        self.emit(self.end_event)
+        return self.end_event
+
+    def end_reason_for_normal_return(self) -> str:
+        """Why ``train()`` returned: a stop we asked for, or the schedule ran out."""
+        if self.stop_info:
+            return self.stop_info["reason"]
+        return "finished"
+
+    # -- rules ---------------------------------------------------------------------------------------------------
+    def mute(self, rule_id: str, muted: bool = True, by: str = "user") -> None:
+        self.engine.set_muted(rule_id, muted)
+        control = Control(action="mute" if muted else "unmute", step=self.step, by=by, detail={"rule": rule_id})
+        self.controls.append(control)
+        self.emit(control)
+
+    # -- views -----------------------------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        if self.end_event is None:
+            return "running" if self.run else "idle"
+        return STATE_BY_REASON.get(self.end_event.reason, "crashed")
+
+    def status(self) -> dict[str, Any]:
+        eta = None
+        if self._rate and self.max_steps and self.end_event is None:
+            eta = max(0.0, (self.max_steps - self.step) / self._rate)
+        return {
+            "state": self.state,
+            "step": self.step,
+            "max_steps": self.max_steps,
+            "eta_s": eta,
+            "steps_per_s": self._rate,
+            "trainer": self.run.trainer if self.run else "",
+            "algorithm": self.run.algorithm if self.run else "",
+            "reason": self.end_event.reason if self.end_event else None,
+            "stop_requested": self._stop.is_set(),
+        }
+
+    def other_keys(self) -> list[str]:
+        return list(self._other_keys)
+
+    def panels(self) -> list[dict[str, Any]]:
+        """The profile's panels with key patterns resolved, plus one "other" panel per unmapped key."""
+        train_keys = self.history.keys("train")
+        eval_keys = set(self.history.keys("eval"))
+        out: list[dict[str, Any]] = []
+        for spec in (self.run.panels if self.run else self.profile.panels):
+            resolved = []
+            for s in spec["series"]:
+                pattern = s["key"]
+                keys = [k for k in train_keys if profiles.match_key(pattern, k)] if "*" in pattern else [pattern]
+                for key in keys:
+                    label = s.get("label", key) if key == pattern else key
+                    if key in train_keys:
+                        resolved.append({"key": key, "label": label, "split": "train"})
+                    if "eval_" + key in eval_keys:
+                        resolved.append({"key": "eval_" + key, "label": f"{label} (eval)", "split": "eval"})
+            if resolved:
+                out.append({**spec, "series": resolved})
+        for key in self._other_keys:
+            if key in profiles.BOOKKEEPING_KEYS:
+                continue
+            series = [{"key": key, "label": key, "split": "train"}]
+            if "eval_" + key in eval_keys:
+                series.append({"key": "eval_" + key, "label": f"{key} (eval)", "split": "eval"})
+            out.append({"id": f"other:{key}", "title": key, "series": series, "refs": [], "y_scale": "linear",
+                        "y_label": "", "group": "other"})
+        return out
+
+    def alerts_by_severity(self) -> dict[str, int]:
+        counts = {s: 0 for s in SEVERITY_RANK}
+        for a in self.alerts:
+            counts[a.severity] = counts.get(a.severity, 0) + 1
+        return counts
+
+    # -- replay -------------------------------------------------------------------------------------------------------
+    def apply(self, event: Event) -> None:
+        """Feed a recorded event (reader/follower). Recorded alerts are taken as they are."""
+        if isinstance(event, RunStart):
+            if self.run is None:
+                self.start(event)
+            else:  # a resumed segment
+                self.run.max_steps = event.max_steps or self.run.max_steps
+                self.max_steps = self.run.max_steps
+                self.end_event = None
+                self.emit(event)
+        elif isinstance(event, Metrics):
+            self.log(event.step, event.values, event.split, t=event.t)
+        elif isinstance(event, Alert):
+            self.add_alert(event)
+        elif isinstance(event, RankStats):
+            self.add_rank_stats(event)
+        elif isinstance(event, Control):
+            self.controls.append(event)
+            if event.action == "stop":
+                self.stop_info = {"by": event.by, "reason": event.reason, "alert": None}
+            self.emit(event)
+        elif isinstance(event, RunEnd):
+            self.end_event = None
+            self.finish(event.reason, event.step, event.detail)

@@ -1,0 +1,237 @@
+"""The heuristics engine: runs rules on each new log point and turns conditions into alert episodes.
+
+A rule is a condition, not an alarm: the engine opens an episode (one ``active`` alert) when the condition
+starts to hold and closes it (a ``resolved`` alert) when it stops holding, so a stuck loss is reported once,
+not on every step. Rules are dispatched by the keys they read, so a log point costs only the rules that
+can use it, and a rule whose keys never appear stays dormant instead of guessing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import SEVERITIES, Alert
+from ..history import MetricHistory
+
+log = logging.getLogger("ptt_nb.rules")
+
+
+class RuleError(ValueError):
+    """A rule that cannot be loaded, with where and why."""
+
+
+@dataclass
+class Finding:
+    """What a rule reports while its condition holds. ``severity`` may escalate the rule's default."""
+
+    message: str
+    evidence: dict[str, float] = field(default_factory=dict)
+    severity: str | None = None
+    action: str | None = None
+
+
+@dataclass
+class Context:
+    """What a rule may look at. One object is reused across calls (no allocation per log point)."""
+
+    history: MetricHistory
+    algorithm: str = "generic"
+    config: dict[str, Any] = field(default_factory=dict)
+    max_steps: int | None = None
+    step: int = 0
+    split: str = "train"
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def frac(self) -> float:
+        """Fraction of training done; 0 when the length is unknown."""
+        return self.step / self.max_steps if self.max_steps else 0.0
+
+
+class Rule:
+    """Base class of built-in and custom rules.
+
+    Subclasses set the class attributes and implement ``check``, returning a Finding while the pathology is
+    present and None otherwise. ``keys`` are the log keys that trigger a check (any of them present);
+    ``algorithms`` limits the rule to profiles (None: every trainer). ``on_start`` is for config-time rules.
+    """
+
+    id: str = ""
+    title: str = ""
+    severity: str = "medium"
+    keys: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("train",)
+    algorithms: frozenset[str] | None = None
+    action: str = ""
+    reference: str = ""
+    url: str | None = None
+    panels: tuple[str, ...] = ()
+    cooldown: int = 0  # steps after a resolved episode before a new one may open
+    source: str = "built-in"
+
+    def applies_to(self, algorithm: str) -> bool:
+        return self.algorithms is None or algorithm in self.algorithms
+
+    def on_start(self, ctx: Context) -> Finding | None:
+        return None
+
+    def check(self, ctx: Context) -> Finding | None:
+        raise NotImplementedError
+
+
+@dataclass
+class RuleState:
+    rule: Rule
+    active: Alert | None = None
+    fired: int = 0
+    last_resolved: int | None = None
+    muted: bool = False
+    disabled: str | None = None
+    seen_key: bool = False
+
+
+class Engine:
+    """Owns the rule states; ``evaluate`` returns the alert events (opened or resolved) of one log point."""
+
+    def __init__(self, rules: Iterable[Rule], ctx: Context) -> None:
+        self.ctx = ctx
+        self.states: dict[str, RuleState] = {}
+        self._by_key: dict[str, list[RuleState]] = {}
+        for rule in rules:
+            self.add(rule)
+
+    # -- registry ---------------------------------------------------------------------------------------
+    def add(self, rule: Rule) -> None:
+        """Add a rule or replace the one with the same id (custom rules override built-ins)."""
+        if rule.severity not in SEVERITIES:
+            raise RuleError(f"rule {rule.id!r}: severity {rule.severity!r} is not one of {', '.join(SEVERITIES)}")
+        if rule.id in self.states:
+            self.remove(rule.id)
+        if not rule.applies_to(self.ctx.algorithm):
+            return
+        state = RuleState(rule)
+        self.states[rule.id] = state
+        for key in rule.keys:
+            self._by_key.setdefault(key, []).append(state)
+
+    def remove(self, rule_id: str) -> None:
+        state = self.states.pop(rule_id, None)
+        if state is None:
+            return
+        for key in state.rule.keys:
+            lst = self._by_key.get(key, [])
+            if state in lst:
+                lst.remove(state)
+
+    def set_muted(self, rule_id: str, muted: bool) -> None:
+        if rule_id not in self.states:
+            raise KeyError(f"no active rule {rule_id!r}; known: {', '.join(sorted(self.states))}")
+        self.states[rule_id].muted = muted
+
+    def dormant(self) -> list[str]:
+        """Rules none of whose keys has appeared yet (e.g. GRPO ``kl`` when beta=0)."""
+        return [rid for rid, s in self.states.items() if s.rule.keys and not s.seen_key]
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def start(self) -> list[Alert]:
+        """Run the config-time checks once, at train begin."""
+        out: list[Alert] = []
+        for state in list(self.states.values()):
+            self._run(state, state.rule.on_start, out)
+        return out
+
+    def evaluate(self, step: int, split: str, values: dict[str, float]) -> list[Alert]:
+        ctx = self.ctx
+        ctx.step = step
+        ctx.split = split
+        ctx.values = values
+        out: list[Alert] = []
+        seen: set[int] = set()
+        by_key = self._by_key
+        for key in values:
+            states = by_key.get(key)
+            if not states:
+                continue
+            for state in states:
+                if id(state) in seen:
+                    continue
+                seen.add(id(state))
+                state.seen_key = True
+                if split in state.rule.splits:
+                    self._run(state, state.rule.check, out)
+        return out
+
+    def _run(self, state: RuleState, fn, out: list[Alert]) -> None:
+        if state.disabled:
+            return
+        try:
+            finding = fn(self.ctx)
+        except Exception as exc:  # a broken rule must never stop training
+            state.disabled = f"{type(exc).__name__}: {exc}"
+            log.warning("ptt_nb: rule %r raised %s and is disabled", state.rule.id, state.disabled)
+            out.append(self._rule_error_alert(state))
+            return
+        step = self.ctx.step
+        if finding is not None:
+            if state.active is None:
+                rule = state.rule
+                if state.last_resolved is not None and step - state.last_resolved < rule.cooldown:
+                    return
+                state.fired += 1
+                alert = Alert(
+                    id=f"{rule.id}@{step}",
+                    rule=rule.id,
+                    severity=finding.severity or rule.severity,
+                    step=step,
+                    message=finding.message,
+                    action=finding.action or rule.action,
+                    reference=rule.reference,
+                    url=rule.url,
+                    evidence={k: _num(v) for k, v in finding.evidence.items()},
+                    panels=list(rule.panels),
+                )
+                state.active = alert
+                if not state.muted:
+                    out.append(alert)
+            elif finding.severity and _more_severe(finding.severity, state.active.severity):
+                # escalation is a new fact worth telling: close the old episode, open a more severe one
+                self._resolve(state, step, out)
+                self._run(state, lambda _ctx: finding, out)
+        elif state.active is not None:
+            self._resolve(state, step, out)
+
+    def _resolve(self, state: RuleState, step: int, out: list[Alert]) -> None:
+        active = state.active
+        assert active is not None
+        state.active = None
+        state.last_resolved = step
+        resolved = Alert(**{**active.__dict__, "state": "resolved", "resolved_step": step})
+        if not state.muted:
+            out.append(resolved)
+
+    def _rule_error_alert(self, state: RuleState) -> Alert:
+        rule = state.rule
+        return Alert(
+            id=f"rule_error:{rule.id}@{self.ctx.step}",
+            rule="rule_error",
+            severity="low",
+            step=self.ctx.step,
+            message=f"Rule {rule.id!r} ({rule.source}) raised {state.disabled} and was disabled; training goes on.",
+            action="Fix the rule and load it again (%%ptt or the rule directory).",
+            evidence={},
+        )
+
+
+def _more_severe(a: str, b: str) -> bool:
+    return SEVERITIES.index(a) < SEVERITIES.index(b)
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

@@ -96,6 +96,11 @@ def _numeric(logs: dict[str, Any], step: int, warned: set[str]) -> tuple[dict[st
     return values, text
 
 
+class TrainingStopped(RuntimeError):
+    """Raised to stop a trainer that ignores ``control.should_training_stop`` (PPO); the run folder already
+    records why (``user_stop``/``auto_stop``), so catching it is safe."""
+
+
 class DiagnosticsCallback(TrainerCallback):
     """Live diagnostics for any TRL (or transformers) trainer: ``callbacks=[DiagnosticsCallback()]``.
 
@@ -339,6 +344,11 @@ class DiagnosticsCallback(TrainerCallback):
             self._rank_stats.step_end(state.global_step)
         if monitor.step_end(state.global_step):
             control.should_training_stop = True
+            if not monitor.profile.honours_stop:
+                reason = monitor.end_reason_for_normal_return()
+                self._finish(reason, detail=f"{monitor.profile.display} ignores should_training_stop; stopped by "
+                                            "raising TrainingStopped")
+                raise TrainingStopped(f"ptt_nb stopped training at step {state.global_step} ({reason})")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         monitor = self.monitor

@@ -20,11 +20,15 @@ LN2 = math.log(2.0)
 
 @dataclass(frozen=True)
 class Profile:
+    """``honours_stop``: False for trainers whose loop ignores ``control.should_training_stop`` (PPO in TRL
+    ≤1.12, measured): stopping them needs an exception at the step boundary."""
+
     name: str
     display: str
     class_names: tuple[str, ...]
     panels: tuple[dict[str, Any], ...]
     loss_is_signal: bool = True
+    honours_stop: bool = True
     derived: tuple[tuple[str, str, Callable[[dict[str, float]], float | None]], ...] = field(default=())
 
     def panel_keys(self) -> list[str]:
@@ -152,7 +156,7 @@ PROFILES: tuple[Profile, ...] = (
         panel("ppo_ratio", "Probability ratio", ["val/ratio", "val/ratio_var"], refs=[(1.0, "")]),
         panel("ppo_eos", "EOS tokens", ["val/num_eos_tokens"]),
         OPTIM, LR,
-    )),
+    ), honours_stop=False),
     Profile("reward", "Reward model", ("RewardTrainer", "RewardConfig"), (
         panel("rm_loss", "Loss", ["loss"], refs=[(LN2, "ln 2")]),
         panel("rm_accuracy", "Accuracy", ["accuracy"], refs=[(0.5, "chance")]),
@@ -208,4 +212,4 @@ def match_key(pattern: str, key: str) -> bool:
 
 
 # Keys every trainer logs that carry no diagnostic value of their own; kept in history, shown under "other".
-BOOKKEEPING_KEYS = frozenset({"epoch", "num_tokens", "step_time", "episode"})
+BOOKKEEPING_KEYS = frozenset({"epoch", "num_tokens", "step_time", "episode", "eps"})

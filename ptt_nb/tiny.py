@@ -130,7 +130,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 def make_trainer(algorithm: str, workdir: str | os.PathLike[str], *, callbacks: list[Any] | None = None,
                  max_steps: int = 8, seed: int = 0, n_rows: int = 64, reward_func: Callable | None = None,
-                 dataset: Any = None, **config: Any):
+                 dataset: Any = None, eval_dataset: Any = None, **config: Any):
     """A ready-to-train TRL trainer of the given algorithm on a tiny model, fully offline."""
     import trl
 
@@ -153,44 +153,45 @@ def make_trainer(algorithm: str, workdir: str | os.PathLike[str], *, callbacks: 
     common.update(DEFAULTS[algorithm])
     common.update(config)
     rewards = [reward_func or length_reward]
+    extra = {"eval_dataset": eval_dataset} if eval_dataset is not None else {}
     if algorithm == "sft":
         args = trl.SFTConfig(**common)
         return trl.SFTTrainer(model=model, args=args, train_dataset=dataset or text_dataset(n_rows, seed),
-                              processing_class=tokenizer, callbacks=callbacks)
+                              processing_class=tokenizer, callbacks=callbacks, **extra)
     if algorithm == "dpo":
         args = trl.DPOConfig(**common)
         return trl.DPOTrainer(model=model, args=args, train_dataset=dataset or preference_dataset(n_rows, seed),
-                              processing_class=tokenizer, callbacks=callbacks)
+                              processing_class=tokenizer, callbacks=callbacks, **extra)
     if algorithm == "kto":
         args = trl.KTOConfig(**common)
         return trl.KTOTrainer(model=model, args=args, train_dataset=dataset or unpaired_dataset(n_rows, seed),
-                              processing_class=tokenizer, callbacks=callbacks)
+                              processing_class=tokenizer, callbacks=callbacks, **extra)
     if algorithm == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         return ORPOTrainer(model=model, args=ORPOConfig(**common),
                            train_dataset=dataset or preference_dataset(n_rows, seed),
-                           processing_class=tokenizer, callbacks=callbacks)
+                           processing_class=tokenizer, callbacks=callbacks, **extra)
     if algorithm == "cpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
         return CPOTrainer(model=model, args=CPOConfig(**common),
                           train_dataset=dataset or preference_dataset(n_rows, seed),
-                          processing_class=tokenizer, callbacks=callbacks)
+                          processing_class=tokenizer, callbacks=callbacks, **extra)
     if algorithm == "grpo":
         return trl.GRPOTrainer(model=model, reward_funcs=rewards, args=trl.GRPOConfig(**common),
                                train_dataset=dataset or prompt_dataset(n_rows, seed), processing_class=tokenizer,
-                               callbacks=callbacks)
+                               callbacks=callbacks, **extra)
     if algorithm == "rloo":
         return trl.RLOOTrainer(model=model, reward_funcs=rewards, args=trl.RLOOConfig(**common),
                                train_dataset=dataset or prompt_dataset(n_rows, seed), processing_class=tokenizer,
-                               callbacks=callbacks)
+                               callbacks=callbacks, **extra)
     if algorithm == "online_dpo":
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
         return OnlineDPOTrainer(model=model, reward_funcs=rewards, args=OnlineDPOConfig(**common),
                                 train_dataset=dataset or prompt_dataset(n_rows, seed), processing_class=tokenizer,
-                                callbacks=callbacks)
+                                callbacks=callbacks, **extra)
     args = trl.RewardConfig(**common)
     return trl.RewardTrainer(model=model, args=args, train_dataset=dataset or preference_dataset(n_rows, seed),
-                             processing_class=tokenizer, callbacks=callbacks)
+                             processing_class=tokenizer, callbacks=callbacks, **extra)

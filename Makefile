@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs itself.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.ptt-installed
+PPO_VENV := .venv-ppo
+JS_BUNDLE := ptt_nb/static/widget.js
+HEADLESS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test install js lint chromium ppo-env clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# the CPU build of torch lies on this machine's disk; installing it first keeps pip from fetching a CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[notebook,report,trl,test]'
+	touch $(STAMP)
+
+install: $(STAMP) $(JS_BUNDLE)
+
+$(JS_BUNDLE): $(wildcard js/src/*.js) js/package.json
+	cd js && (test -d node_modules || npm ci --no-audit --no-fund) && npm run build
+
+js: $(JS_BUNDLE)
+
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+ppo-env:
+	bash tests/ppo/make_env.sh $(PPO_VENV)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ptt_nb tests benchmarks
+
+demo: install
+ifeq ($(HEADLESS),)
+	$(VENV)/bin/jupyter lab notebooks/quickstart.ipynb
+else
+	$(VENV)/bin/ptt-nb demo
+endif
+
+test: install chromium ppo-env lint
+	cd js && npm test
+	PTT_PPO_PYTHON=$(CURDIR)/$(PPO_VENV)/bin/python $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(PPO_VENV) js/node_modules $(JS_BUNDLE) test-artifacts

@@ -190,10 +190,12 @@ class Monitor:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
-    def finish(self, reason: str, step: int | None = None, detail: str = "") -> RunEnd:
+    def finish(self, reason: str, step: int | None = None, detail: str = "", t: float | None = None) -> RunEnd:
         if self.end_event is not None:
             return self.end_event
         self.end_event = RunEnd(reason=reason, step=self.step if step is None else step, detail=detail)
+        if t is not None:  # replay keeps the recorded end time
+            self.end_event.t = t
         self.emit(self.end_event)
         return self.end_event
 
@@ -294,4 +296,4 @@ class Monitor:
             self.emit(event)
         elif isinstance(event, RunEnd):
             self.end_event = None
-            self.finish(event.reason, event.step, event.detail)
+            self.finish(event.reason, event.step, event.detail, t=event.t)

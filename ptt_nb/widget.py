@@ -1,0 +1,126 @@
+"""The live notebook dashboard: one anywidget per run, fed by custom messages (js/PROTOCOL.md).
+
+No synced trait holds run data (only the widget's code is saved into the notebook, so a saved notebook
+does not grow with run length); the state lives in the Monitor and a ``Stream`` sends it as throttled
+binary batches. ``attach(monitor)`` is what ``DiagnosticsCallback`` calls in a notebook; ``show(monitor)``
+displays a dashboard for any monitor, e.g. one loaded with ``ptt_nb.load_run(dir)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anywidget
+
+from .events import RunEnd
+from .fallback import summary_html
+from .monitor import Monitor
+from .stopcomm import make_handler, route_to_sender_subshell
+from .stream import Stream
+
+log = logging.getLogger("ptt_nb")
+
+BUNDLE = Path(__file__).parent / "static" / "widget.js"
+if not BUNDLE.is_file():  # ImportError: the callback then falls back to console alerts
+    raise ImportError(f"ptt_nb's widget bundle {BUNDLE} is missing; build it with `cd js && npm ci && npm run build`")
+
+# Seconds to wait for the view's "ready" before sending the first batch anyway (comm messages can be held
+# back until the cell ends where kernel subshells are unavailable).
+AUTO_READY_AFTER = 1.5
+
+_DASHBOARDS: dict[int, Dashboard] = {}
+
+
+class Dashboard(anywidget.AnyWidget):
+    """Header with Stop, algorithm-aware metric panels, alert feed and per-rank heatmap for one Monitor."""
+
+    _esm = BUNDLE
+
+    def __init__(self, monitor: Monitor, *, replay: bool = False, interval: float = 0.1,
+                 max_points: int = 2000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.monitor = monitor
+        self.stream = Stream(monitor, self._send_custom, interval=interval, max_points=max_points, replay=replay,
+                             auto_ready_after=AUTO_READY_AFTER)
+        self.on_msg(make_handler(monitor, self.stream.handle))
+        self.subshell_routing = route_to_sender_subshell(self.comm)
+        self._handles: list[Any] = []
+        self._unsubscribe = monitor.subscribe(self._on_event)
+        self.stream.start()
+
+    def _send_custom(self, content: dict[str, Any], buffers: list[bytes]) -> None:
+        if self.comm is not None:
+            self.send(content, buffers)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        try:
+            data["text/html"] = summary_html(self.monitor)
+        except Exception as exc:  # noqa: BLE001 - the fallback is a nicety; never break display
+            log.debug("ptt_nb: static summary failed: %s", exc)
+        self.stream.expect_view()
+        return data, metadata
+
+    def display(self) -> Any:
+        """Display this dashboard (again) and remember the output, so the static summary is refreshed at run end."""
+        from IPython.display import display
+
+        handle = display(self, display_id=True)
+        if handle is not None:
+            self._handles.append(handle)
+        return handle
+
+    def _on_event(self, event: Any) -> None:
+        if event.__class__ is RunEnd:
+            self.refresh_static()
+
+    def refresh_static(self) -> None:
+        """Re-publish the displayed outputs with the final static summary (views re-render from Python)."""
+        self.stream.flush()
+        for handle in self._handles:
+            try:
+                handle.update(self)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("ptt_nb: could not refresh the static summary: %s", exc)
+
+    def close(self) -> None:
+        self.stream.close()
+        self._unsubscribe()
+        if _DASHBOARDS.get(id(self.monitor)) is self:
+            del _DASHBOARDS[id(self.monitor)]
+        super().close()
+
+
+def dashboard_for(monitor: Monitor, *, replay: bool | None = None) -> Dashboard:
+    """The monitor's dashboard (one widget per run), created on first use."""
+    existing = _DASHBOARDS.get(id(monitor))
+    if existing is not None and existing.monitor is monitor and existing.comm is not None:
+        return existing
+    if replay is None:  # a loaded run that never recorded its end is shown as a replay, not "running"
+        replay = monitor.run is not None and monitor.end_event is None and not _has_live_writer(monitor)
+    dash = Dashboard(monitor, replay=replay)
+    _DASHBOARDS[id(monitor)] = dash
+    return dash
+
+
+def _has_live_writer(monitor: Monitor) -> bool:
+    return any(type(s).__name__ == "RunWriter" for s in monitor.sinks)
+
+
+def show(monitor: Monitor, *, replay: bool | None = None) -> Dashboard:
+    """Display the dashboard for ``monitor`` (a live run, or one loaded with ``ptt_nb.load_run``)."""
+    dash = dashboard_for(monitor, replay=replay)
+    dash.display()
+    return dash
+
+
+def attach(monitor: Monitor) -> Dashboard:
+    """Called by ``DiagnosticsCallback`` at train begin in a notebook: create and display the live dashboard."""
+    dash = dashboard_for(monitor, replay=False)
+    dash.display()
+    return dash

@@ -20,6 +20,7 @@ import numpy as np
 from .decimate import minmax_decimate
 from .events import SEVERITY_RANK, Alert, RankStats
 from .monitor import Monitor
+from .summary import where_it_died
 
 REPORT_FILE = "report.html"
 MAX_POINTS = 1200  # per series: ~1 point per pixel of a wide panel; extremes survive decimation
@@ -307,7 +308,6 @@ def _kv_table(rows: list[tuple[str, Any]], cls: str = "kv") -> str:
 def _header_html(monitor: Monitor) -> str:
     run = monitor.run
     assert run is not None
-    status = monitor.status()
     end = monitor.end_event
     max_steps = monitor.max_steps
     steps = f"{monitor.step}" + (f" / {max_steps}" if max_steps else "")
@@ -340,7 +340,6 @@ def _header_html(monitor: Monitor) -> str:
     config = [(k, v if not isinstance(v, list) else ", ".join(map(str, v))) for k, v in (run.config or {}).items()]
     versions = list((run.versions or {}).items())
     title = f"ptt_nb report — {run.trainer} ({monitor.profile.display})"
-    _ = status
     return (f"<h1>{e(title)}</h1>"
             f'<p class="state-{e(state)}"><b>{e(state)}</b> at step {e(steps)} · alerts: {badges}</p>'
             f'<div class="flex"><div><h2>Run</h2>{_kv_table(rows)}</div>'
@@ -368,16 +367,6 @@ def _alerts_html(alerts: list[Alert]) -> str:
     return ("<h2>Alerts</h2><table class='alerts'><tr><th>severity</th><th>rule</th><th>step</th><th>state</th>"
             "<th>message</th><th>evidence</th><th>recommended action</th><th>reference</th></tr>"
             + "".join(rows) + "</table>")
-
-
-def where_it_died(traceback: str | None) -> str:
-    """The innermost ``File ..., line N, in f`` frame and the exception line of a traceback."""
-    if not traceback:
-        return ""
-    lines = [ln for ln in traceback.strip().splitlines() if ln.strip()]
-    frames = [ln.strip() for ln in lines if ln.strip().startswith('File "')]
-    last_line = lines[-1].strip() if lines else ""
-    return " · ".join(x for x in (frames[-1] if frames else "", last_line) if x)
 
 
 def _postmortem_html(pm: dict[str, Any] | None) -> str:
@@ -408,17 +397,8 @@ def _warnings_html(warnings: list[str]) -> str:
     return f"<h2>Notes on the data</h2><ul class='warn'>{items}</ul>"
 
 
-# -- entry points --------------------------------------------------------------------------------------------------
-def build_html(monitor: Monitor) -> str:
-    """The report as one HTML string (inline BokehJS, no network)."""
-    from bokeh.embed import components
-    from bokeh.embed.bundle import bundle_for_objs_and_resources
-    from bokeh.resources import INLINE
-
-    from . import __version__
-
-    if monitor.run is None:
-        raise ValueError("this run has no run_start event: nothing to report")
+def build_roots(monitor: Monitor) -> dict[str, Any]:
+    """The Bokeh layouts of a report: ``panels`` (profile panels), ``other`` (unmapped keys), ``ranks``."""
     specs = monitor.panels()
     alerts = list(monitor.alerts)
     last_step = max(monitor.step, monitor.history.last_step)
@@ -434,6 +414,23 @@ def build_html(monitor: Monitor) -> str:
     heat = _rank_heatmaps(monitor.rank_stats)
     if heat is not None:
         roots["ranks"] = heat
+    return roots
+
+
+# -- entry points --------------------------------------------------------------------------------------------------
+def build_html(monitor: Monitor) -> str:
+    """The report as one HTML string (inline BokehJS, no network)."""
+    from bokeh.embed import components
+    from bokeh.embed.bundle import bundle_for_objs_and_resources
+    from bokeh.resources import INLINE
+
+    from . import __version__
+
+    if monitor.run is None:
+        raise ValueError("this run has no run_start event: nothing to report")
+    alerts = list(monitor.alerts)
+    core = [s for s in monitor.panels() if s.get("group", "core") != "other"]
+    roots = build_roots(monitor)
     if roots:
         script, divs = components(roots)
         js, css = bundle_for_objs_and_resources(list(roots.values()), INLINE)  # only the parts these plots use

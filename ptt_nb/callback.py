@@ -285,6 +285,13 @@ class DiagnosticsCallback(TrainerCallback):
             resumed_from_step=state.global_step if resumed else None,
         )
         monitor.start(run)
+        if "IPython" in sys.modules:  # lets %ptt find this run (ptt_nb.session); skipped outside IPython
+            try:
+                from .session import register_run
+
+                register_run(self)
+            except Exception as exc:  # noqa: BLE001 - the magics' registry must never stop training
+                log.warning("ptt_nb: %%ptt cannot see this run (%s)", exc)
         self._start_rank_stats(args)
         self._install_handlers()
 

@@ -1,0 +1,23 @@
+// Bundle src/widget.js (+ BokehJS) into one ES module for anywidget's _esm.
+// --keep-names matters: BokehJS registers models by class name, and a
+// minifier that renames classes makes registrations collide.
+import * as esbuild from "esbuild";
+
+const opts = {
+  entryPoints: ["src/widget.js"],
+  bundle: true,
+  format: "esm",
+  minify: true,
+  keepNames: true,
+  target: "es2022",
+  outfile: "../ptt_nb/static/widget.js",
+  legalComments: "eof",
+  logLevel: "info",
+};
+
+if (process.argv.includes("--watch")) {
+  const ctx = await esbuild.context(opts);
+  await ctx.watch();
+} else {
+  await esbuild.build(opts);
+}

@@ -1,0 +1,82 @@
+// Run header: trainer/algorithm, state badge, progress, throughput, Stop.
+import { h } from "./dom.js";
+import { fmtDuration, fmtNum, fmtRate } from "./format.js";
+import { STATE } from "./colors.js";
+
+const STATE_TEXT = {
+  running: "running",
+  stopped_by_user: "stopped by user",
+  auto_stopped: "auto-stopped",
+  crashed: "crashed",
+  finished: "finished",
+  replay: "replay",
+};
+
+export class Header {
+  constructor({ onStop }) {
+    this.title = h("span", { class: "ptt-title" });
+    this.badge = h("span", { class: "ptt-badge" });
+    this.barFill = h("div", { class: "ptt-bar-fill" });
+    this.bar = h("div", { class: "ptt-bar", role: "progressbar", "aria-valuemin": 0 }, this.barFill);
+    this.progress = h("span", { class: "ptt-progress-text" });
+    this.rate = h("span", { class: "ptt-rate" });
+    this.reason = h("div", { class: "ptt-reason" });
+    this._clicked = false;
+    this.stop = h("button", {
+      class: "ptt-stop", type: "button",
+      title: "Ask the trainer to stop cleanly at the next step boundary",
+      onclick: () => {
+        if (this._clicked) return;
+        this._clicked = true;
+        this._renderStop(true);
+        onStop();
+      },
+    });
+    this.el = h("div", { class: "ptt-header" },
+      h("div", { class: "ptt-header-row" }, this.title, this.badge,
+        h("div", { class: "ptt-progress" }, this.bar, this.progress), this.rate, this.stop),
+      this.reason);
+    this._renderStop(false);
+  }
+
+  setRun(run) {
+    const parts = [run?.trainer, run?.algorithm].filter(Boolean);
+    this.title.textContent = parts.length ? parts.join(" · ") : "TRL run";
+    if (run?.run_dir) this.title.title = run.run_dir;
+    this._clicked = false;
+  }
+
+  update(st) {
+    if (!st) return;
+    const state = st.state ?? "running";
+    this.badge.textContent = STATE_TEXT[state] ?? state;
+    this.badge.style.background = STATE[state] ?? "#777";
+    if (st.trainer || st.algorithm) {
+      this.title.textContent = [st.trainer, st.algorithm].filter(Boolean).join(" · ");
+    }
+
+    const max = st.max_steps;
+    const frac = max > 0 ? Math.min(1, (st.step ?? 0) / max) : null;
+    this.barFill.style.width = frac == null ? "0%" : `${(frac * 100).toFixed(1)}%`;
+    this.bar.style.display = frac == null ? "none" : "";
+    if (frac != null) { this.bar.setAttribute("aria-valuemax", max); this.bar.setAttribute("aria-valuenow", st.step ?? 0); }
+    let text = max > 0 ? `step ${fmtNum(st.step ?? 0)} / ${fmtNum(max)}` : `step ${fmtNum(st.step ?? 0)}`;
+    if (state === "running" && st.eta_s != null) text += ` · ETA ${fmtDuration(st.eta_s)}`;
+    this.progress.textContent = text;
+
+    this.rate.textContent = [fmtRate(st.steps_per_s, "steps/s"), fmtRate(st.samples_per_s, "samples/s")]
+      .filter(Boolean).join(" · ");
+    this.reason.textContent = st.reason ?? "";
+    this.reason.style.display = st.reason ? "" : "none";
+
+    this.stop.style.display = state === "running" ? "" : "none";
+    if (st.stop_requested) this._clicked = true;
+    this._renderStop(this._clicked);
+  }
+
+  _renderStop(stopping) {
+    this.stop.textContent = stopping ? "stopping…" : "■ Stop";
+    this.stop.disabled = stopping;
+    this.stop.setAttribute("aria-pressed", stopping ? "true" : "false");
+  }
+}

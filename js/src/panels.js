@@ -1,0 +1,405 @@
+// The grid of metric panels: one BokehJS figure per PanelSpec.
+//
+// Figures are plain JS models built from JSON specs, so the Python package
+// never has to match BokehJS versions. Panels of group "other" live in a
+// collapsed <details>; their figures and data sources exist from the start
+// (data keeps flowing into them) but are only embedded when first opened,
+// which keeps the first render fast.
+import Bokeh, { embedRoots } from "./bokeh.js";
+import { SeriesBuffer } from "./series.js";
+import { SEVERITY, SERIES } from "./colors.js";
+import { h } from "./dom.js";
+
+const ZOOM_DEBOUNCE_MS = 150;
+const PLOT_HEIGHT = 230;
+
+class Panel {
+  constructor(spec, { onZoom }) {
+    this.spec = spec;
+    this.id = spec.id;
+    this.onZoom = onZoom;
+    this.extent = [Infinity, -Infinity]; // steps seen, for "reset" → full range
+    this.lastStep = -Infinity;
+    this.cell = h("div", { class: "ptt-cell", "data-panel": spec.id });
+    this.lines = [];
+    this._timer = null;
+    this._resetPending = false;
+    this._lastSent = null;
+    // render-scheduler state (see PanelGrid._tick)
+    this.dirty = false;     // buffers hold points the source has not got
+    this.urgent = false;    // a replace (initial fill, zoom answer): flush soon
+    this.lastFlush = -Infinity;
+    this._markerSig = "";
+    this._pendingMarkers = null;
+    this.visible = true;    // until the IntersectionObserver says otherwise
+    this.embed = null;      // {dispose} once the figure is in the DOM
+    this._build();
+  }
+
+  _build() {
+    const { spec } = this;
+    const fig = Bokeh.Plotting.figure({
+      title: spec.title ?? spec.id,
+      height: PLOT_HEIGHT,
+      sizing_mode: "stretch_width",
+      y_axis_type: spec.y_scale === "log" ? "log" : "linear",
+      x_axis_label: "step",
+      y_axis_label: spec.y_label ?? null,
+      x_range: new Bokeh.DataRange1d({ range_padding: 0.02 }),
+      tools: "xpan,xwheel_zoom,box_zoom,reset,save",
+      toolbar_location: "above",
+      min_border_left: 40,
+    });
+    // A wheel-zoom that is active by default steals page scrolling in a
+    // notebook; the user turns it on from the toolbar.
+    fig.toolbar.active_scroll = null;
+    fig.toolbar.autohide = true;
+    fig.title.text_font_size = "11pt";
+    fig.xaxis.axis_label_text_font_size = "9pt";
+    fig.yaxis.axis_label_text_font_size = "9pt";
+
+    // Alert markers first so lines are drawn over them. VSpan is a data-driven
+    // glyph (one renderer for any number of alerts, with hover).
+    this.markers = new Bokeh.ColumnDataSource({ data: emptyMarkers() });
+    // (vspan has a single positional arg, so a lone attrs object would be taken as x)
+    const markerRenderer = fig.vspan({ field: "x" }, {
+      source: this.markers,
+      line_color: { field: "color" }, line_alpha: { field: "alpha" }, line_width: 2,
+    });
+
+    for (const [i, ref] of (spec.refs ?? []).entries()) {
+      if (spec.y_scale === "log" && !(ref.y > 0)) continue;
+      fig.add_layout(new Bokeh.Span({
+        location: ref.y, dimension: "width", line_color: "#888", line_dash: "dashed", line_width: 1,
+      }));
+      if (ref.label) {
+        fig.add_layout(new Bokeh.Label({
+          x: 4, x_units: "screen", y: ref.y, text: ref.label,
+          text_font_size: "8pt", text_color: "#666", y_offset: 2,
+        }));
+      }
+    }
+
+    const renderers = [];
+    (spec.series ?? []).forEach((s, i) => {
+      const color = SERIES[i % SERIES.length];
+      const source = new Bokeh.ColumnDataSource({ data: { x: new Float64Array(0), y: new Float64Array(0) } });
+      const isEval = s.split === "eval";
+      const label = s.label ?? s.key;
+      const line = fig.line({
+        x: { field: "x" }, y: { field: "y" }, source, name: label,
+        line_color: color, line_width: isEval ? 1.5 : 1.8, line_dash: isEval ? "dashed" : "solid",
+        legend_label: label,
+      });
+      renderers.push(line);
+      if (isEval) {
+        fig.scatter({
+          x: { field: "x" }, y: { field: "y" }, source, size: 5,
+          fill_color: color, line_color: color, legend_label: label,
+        });
+      }
+      this.lines.push({ key: s.key, split: s.split ?? null, source, buf: new SeriesBuffer(), replace: false, chunks: [] });
+    });
+
+    fig.add_tools(
+      new Bokeh.HoverTool({
+        renderers, mode: "vline",
+        tooltips: [["", "$name"], ["step", "@x{0,0}"], ["value", "@y{0.[0000]}"]],
+      }),
+      new Bokeh.HoverTool({
+        renderers: [markerRenderer],
+        tooltips: [["alert", "@rule (@severity)"], ["step", "@x{0,0}"], ["", "@message"]],
+      }),
+    );
+    if (renderers.length > 1) {
+      fig.legend.location = "top_right";
+      fig.legend.click_policy = "hide";
+      fig.legend.background_fill_alpha = 0.6;
+      fig.legend.label_text_font_size = "8pt";
+      fig.legend.glyph_height = 12;
+      fig.legend.label_height = 12;
+      fig.legend.spacing = 0;
+      fig.legend.padding = 4;
+    } else if (fig.legend) {
+      fig.legend.visible = false;
+    }
+
+    fig.on_event("rangesupdate", (ev) => this._rangeChanged(ev.x0, ev.x1));
+    fig.on_event("reset", () => { this._resetPending = true; this._rangeChanged(NaN, NaN); });
+    this.fig = fig;
+  }
+
+  // User zoom/pan/reset settles → ask Python for data re-decimated for the
+  // visible range. Debounced: a wheel gesture fires dozens of range updates.
+  _rangeChanged(x0, x1) {
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => {
+      let lo = x0, hi = x1;
+      if (this._resetPending) {
+        // After reset the range fits whatever data is loaded, which may be
+        // the zoomed subset; ask for everything seen instead.
+        this._resetPending = false;
+        [lo, hi] = this.fullExtent();
+      }
+      if (!Number.isFinite(lo) || !Number.isFinite(hi)) return;
+      if (this._lastSent && this._lastSent[0] === lo && this._lastSent[1] === hi) return;
+      this._lastSent = [lo, hi];
+      this.onZoom(this.id, lo, hi);
+    }, ZOOM_DEBOUNCE_MS);
+  }
+
+  fullExtent() {
+    const [lo, hi] = this.extent;
+    return [lo, Math.max(hi, this.lastStep)];
+  }
+
+  /** Programmatic zoom (alert click): no debounce, sends at once. */
+  focus(step) {
+    const [lo, hi] = this.fullExtent();
+    const span = Number.isFinite(lo) && Number.isFinite(hi) ? hi - lo : 0;
+    const half = Math.max(10, span * 0.05);
+    const x0 = step - half, x1 = step + half;
+    const r = this.fig.x_range;
+    r.have_updated_interactively = true; // stop DataRange1d re-fitting
+    r.setv({ start: x0, end: x1 });
+    this._lastSent = [x0, x1];
+    this.onZoom(this.id, x0, x1);
+  }
+
+  /**
+   * Apply one coalesced series update to the browser-side buffers only.
+   * The BokehJS source is updated later by flush(), when the render
+   * scheduler decides this panel may repaint. Returns true if it matched.
+   */
+  apply(key, split, mode, steps, values) {
+    let hit = false;
+    for (const line of this.lines) {
+      if (line.key !== key || (split != null && line.split != null && line.split !== split)) continue;
+      hit = true;
+      const upd = mode === "replace" ? line.buf.replace(steps, values) : line.buf.append(steps, values);
+      if (upd == null) continue;
+      if (upd.op === "replace") { line.replace = true; line.chunks = []; this.urgent = true; }
+      else if (!line.replace) line.chunks.push(upd);
+      this.dirty = true;
+    }
+    if (hit && steps.length > 0) {
+      this.extent[0] = Math.min(this.extent[0], steps[0]);
+      this.extent[1] = Math.max(this.extent[1], steps[steps.length - 1]);
+    }
+    return hit;
+  }
+
+  /** Push pending points into the BokehJS sources (this triggers a repaint). */
+  flush(now) {
+    for (const line of this.lines) {
+      if (line.replace) {
+        line.source.data = { x: line.buf.x, y: line.buf.y };
+      } else if (line.chunks.length) {
+        // stream() sends only the new points: cheaper than replacing all.
+        const n = line.chunks.reduce((a, c) => a + c.x.length, 0);
+        const x = new Float64Array(n), y = new Float64Array(n);
+        let o = 0;
+        for (const c of line.chunks) { x.set(c.x, o); y.set(c.y, o); o += c.x.length; }
+        line.source.stream({ x, y });
+      }
+      line.replace = false;
+      line.chunks = [];
+    }
+    if (this._pendingMarkers) {
+      this.markers.data = this._pendingMarkers;
+      this._pendingMarkers = null;
+    }
+    this.dirty = false;
+    this.urgent = false;
+    this.lastFlush = now;
+  }
+
+  /** Queue new alert markers; drawn at the next flush (a repaint). */
+  setMarkers(alerts) {
+    const sig = alerts.map((a) => `${a.id}:${a.step}:${a.state}:${a.severity}`).join("|");
+    if (sig === this._markerSig) return;
+    this._markerSig = sig;
+    const d = emptyMarkers();
+    for (const a of alerts) {
+      d.x.push(a.step);
+      d.color.push(SEVERITY[a.severity] ?? "#999");
+      d.alpha.push(a.state === "resolved" ? 0.3 : 0.85);
+      d.rule.push(a.rule);
+      d.severity.push(a.severity);
+      d.message.push(a.message);
+    }
+    this._pendingMarkers = d;
+    this.dirty = true;
+  }
+
+  destroy() {
+    clearTimeout(this._timer);
+    this.embed?.dispose?.();
+    this.embed = null;
+  }
+}
+
+function emptyMarkers() {
+  return { x: [], color: [], alpha: [], rule: [], severity: [], message: [] };
+}
+
+// Repainting a BokehJS canvas is the dominant cost of a live view (measured
+// ~6-10 ms per panel per repaint in software-rendered Chromium), so repaints
+// are rationed: per animation frame at most FLUSH_PER_FRAME panels get new
+// data and EMBED_PER_FRAME new figures are built; a streaming panel repaints
+// at most every MIN_STREAM_INTERVAL_MS; panels off screen (or in the closed
+// "other" section) are neither built nor repainted until they scroll into
+// view. Replace updates (initial fill, zoom answers) skip the interval.
+const FLUSH_PER_FRAME = 2;
+const EMBED_PER_FRAME = 2;
+const MIN_STREAM_INTERVAL_MS = 500;
+
+export class PanelGrid {
+  constructor({ send }) {
+    this.send = send;
+    this.panels = new Map();
+    this.el = h("div", { class: "ptt-panels" });
+    this._pendingEmbeds = new Set();
+    this._ticking = false;
+    this._idleWaiters = [];
+    this.io = typeof IntersectionObserver === "function"
+      ? new IntersectionObserver((entries) => this._visibility(entries), { rootMargin: "300px 0px" })
+      : null;
+  }
+
+  build(specs) {
+    this.destroy();
+    this.el.replaceChildren();
+    const onZoom = (panel, x0, x1) => this.send({ type: "zoom", panel, x0, x1 });
+    const core = [], other = [];
+    for (const spec of specs ?? []) {
+      const p = new Panel(spec, { onZoom });
+      this.panels.set(spec.id, p);
+      (spec.group === "other" ? other : core).push(p);
+      this.io?.observe(p.cell);
+    }
+    this.el.append(h("div", { class: "ptt-grid" }, core.map((p) => p.cell)));
+    if (other.length > 0) {
+      for (const p of other) p.visible = false; // closed <details>
+      const details = h("details", { class: "ptt-other" },
+        h("summary", { text: `Other metrics (${other.length})` }),
+        h("div", { class: "ptt-grid" }, other.map((p) => p.cell)));
+      // Without IntersectionObserver, opening the section is the visibility signal.
+      details.addEventListener("toggle", () => {
+        if (!this.io) for (const p of other) p.visible = details.open;
+        this._kick();
+      });
+      this.otherDetails = details;
+      this.el.append(details);
+    }
+    this._kick();
+  }
+
+  _visibility(entries) {
+    const byCell = new Map([...this.panels.values()].map((p) => [p.cell, p]));
+    for (const e of entries) {
+      const p = byCell.get(e.target);
+      if (p) p.visible = e.isIntersecting;
+    }
+    this._kick();
+  }
+
+  _kick() {
+    if (this._ticking) return;
+    this._ticking = true;
+    const raf = typeof requestAnimationFrame === "function" ? requestAnimationFrame : (f) => setTimeout(f, 16);
+    raf((t) => this._tick(t));
+  }
+
+  _tick() {
+    this._ticking = false;
+    const now = performance.now();
+    const visible = [...this.panels.values()].filter((p) => p.visible);
+    let busy = this._pendingEmbeds.size > 0;
+
+    // 1. build figures for panels that came into view (data first, so the
+    //    first paint already has it)
+    let embeds = EMBED_PER_FRAME - this._pendingEmbeds.size;
+    for (const p of visible) {
+      if (p.embed != null || embeds <= 0) continue;
+      embeds--;
+      p.flush(now);
+      this._embed(p);
+      busy = true;
+    }
+    if (visible.some((p) => p.embed == null)) busy = true;
+
+    // 2. ration repaints of embedded panels
+    const due = visible.filter((p) => p.dirty && p.embed != null && p.embed !== "pending"
+      && (p.urgent || now - p.lastFlush >= MIN_STREAM_INTERVAL_MS));
+    due.sort((a, b) => (b.urgent - a.urgent) || (a.lastFlush - b.lastFlush));
+    for (const p of due.slice(0, FLUSH_PER_FRAME)) p.flush(now);
+    if (visible.some((p) => p.dirty)) busy = true;
+
+    if (busy) this._kick();
+    else this._idleWaiters.splice(0).forEach((r) => r());
+  }
+
+  _embed(p) {
+    p.embed = "pending";
+    const pr = embedRoots([p.fig], [p.cell])
+      .then((e) => { if (p.embed === "pending") p.embed = e; else e.dispose(); })
+      .catch((err) => { p.embed = { dispose() {} }; console.error("ptt_nb: BokehJS embed failed", err); })
+      .finally(() => { this._pendingEmbeds.delete(pr); this._kick(); });
+    this._pendingEmbeds.add(pr);
+  }
+
+  /** Resolves when every visible panel is built and has all its data. */
+  settled() {
+    return new Promise((resolve) => { this._idleWaiters.push(resolve); this._kick(); });
+  }
+
+  /** BokehJS documents of the embedded panels (harness waits for their idle). */
+  documents() {
+    return [...this.panels.values()].map((p) => p.embed?.doc).filter(Boolean);
+  }
+
+  applySeries(s) {
+    const targets = s.panel != null ? [this.panels.get(s.panel)].filter(Boolean) : [...this.panels.values()];
+    let hit = false;
+    for (const p of targets) hit = p.apply(s.key, s.split, s.mode, s.steps, s.values) || hit;
+    if (hit) this._kick();
+  }
+
+  setStep(step) {
+    if (Number.isFinite(step)) for (const p of this.panels.values()) p.lastStep = step;
+  }
+
+  /** Redraw alert markers from the full current alert list. */
+  setAlerts(alerts) {
+    const by = new Map([...this.panels.keys()].map((k) => [k, []]));
+    for (const a of alerts) {
+      if (a.muted) continue;
+      for (const id of a.panels ?? []) by.get(id)?.push(a);
+    }
+    for (const [id, list] of by) this.panels.get(id).setMarkers(list);
+    this._kick();
+  }
+
+  /** Zoom the alert's panels (or all, if it names none) around its step. */
+  focus(alert) {
+    const ids = alert.panels?.length ? alert.panels : [...this.panels.keys()];
+    let first = null;
+    for (const id of ids) {
+      const p = this.panels.get(id);
+      if (!p) continue;
+      if (p.spec.group === "other" && this.otherDetails && !this.otherDetails.open) this.otherDetails.open = true;
+      p.focus(alert.step);
+      first ??= p;
+    }
+    first?.cell.scrollIntoView?.({ block: "nearest", behavior: "smooth" });
+  }
+
+  destroy() {
+    this.io?.disconnect();
+    for (const p of this.panels.values()) p.destroy();
+    this.panels.clear();
+    this.otherDetails = null;
+    this._idleWaiters.splice(0).forEach((r) => r());
+  }
+}

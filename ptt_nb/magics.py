@@ -1,0 +1,642 @@
+"""``%ptt`` and ``%%ptt``: drive ptt_nb from notebook cells.
+
+``%ptt show|status|rules|mute|unmute|stop|train|watch|replay|report`` act on the current run (the one training
+in this kernel, being watched, or replayed; see ``session``). ``%%ptt`` takes custom rules (rule language, or a
+Python function decorated with ``@rule``), backtests them on the current run's history, shows where they would
+have fired, and adds them to the live engine. User mistakes end in a short ``UsageError`` (no traceback) that
+points at the cell line and column; nothing a magic does can break a run that is training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import html
+import math
+import re
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
+
+from .events import SEVERITIES, Alert
+from .history import MetricHistory, Series
+from .monitor import Monitor
+from .session import SESSION, RuleSource, TrainingJob, wait_for_run
+
+REGISTER_WAIT_S = 20.0  # how long ``%ptt train`` waits for train begin before returning without a dashboard
+
+
+# -- argument parsing that never exits the kernel ---------------------------------------------------------------
+class _HelpShown(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}  (see `{self.prog} --help`)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            print(message, end="")
+        raise _HelpShown()
+
+
+LINE_HELP = """\
+%ptt SUBCOMMAND ...   ptt_nb in a notebook (current run = training here, watched, or replayed)
+
+  show                    dashboard of the current (or last) run
+  status                  state, step, ETA, alerts, background training and watcher
+  rules                   the run's rules: id, severity, state, times fired, muted
+  mute RULE / unmute RULE silence a rule's alerts (it keeps evaluating)
+  remove RULE             drop a rule added with %%ptt (from this session and the live run)
+  stop                    stop the current run at the next step (or stop following a watched folder)
+  train TRAINER           run TRAINER.train() in a background thread; the notebook stays usable
+  watch RUN_DIR           follow a run folder that another process is writing
+  replay RUN_DIR          load a finished or crashed run (and its postmortem)
+  report [RUN_DIR] [-o F] write the static HTML report
+
+%%ptt [--dry-run] [--severity LEVEL] [--save FILE]
+  a cell of custom rules (rule language, or a Python function with @rule): backtested on the current run,
+  then added to the live run and to every later run of this session.
+
+`%ptt SUBCOMMAND --help` tells more.
+"""
+
+
+def _line_parser() -> _Parser:
+    parser = _Parser(prog="%ptt", description=LINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     usage="%(prog)s SUBCOMMAND [options]", add_help=True)
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
+    sub.add_parser("show", help="dashboard of the current or last run")
+    sub.add_parser("status", help="state of the current run, background training and watcher")
+    rules = sub.add_parser("rules", help="table of the run's rules")
+    rules.add_argument("--all", action="store_true", help="also list rules that never saw their keys (dormant)")
+    for name, what in (("mute", "silence"), ("unmute", "un-silence"), ("remove", "drop a custom")):
+        p = sub.add_parser(name, help=f"{what} rule RULE")
+        p.add_argument("rule", metavar="RULE")
+    sub.add_parser("stop", help="stop the current run at the next step boundary")
+    train = sub.add_parser("train", help="run TRAINER.train() in a background thread")
+    train.add_argument("trainer", metavar="TRAINER", help="name of a Trainer variable (dotted names allowed)")
+    train.add_argument("--no-show", action="store_true", help="do not display the dashboard")
+    watch = sub.add_parser("watch", help="follow a run folder another process is writing")
+    watch.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
+                       help="a run folder, or a parent such as output_dir/ptt_nb (its newest run)")
+    watch.add_argument("--interval", type=float, default=0.2, help="seconds between polls (default 0.2)")
+    watch.add_argument("--no-show", action="store_true", help="do not display the dashboard")
+    watch.add_argument("--stop", action="store_true", help="stop following")
+    replay = sub.add_parser("replay", help="load a finished or crashed run folder")
+    replay.add_argument("run_dir", metavar="RUN_DIR")
+    replay.add_argument("--no-show", action="store_true", help="do not display the dashboard")
+    report = sub.add_parser("report", help="write the static HTML report")
+    report.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="default: the current run")
+    report.add_argument("-o", "--out", metavar="FILE", help="default: <run folder>/report.html")
+    return parser
+
+
+def _cell_parser() -> _Parser:
+    parser = _Parser(prog="%%ptt", description="Backtest custom rules on the current run, then add them to it.",
+                     usage="%(prog)s [--dry-run] [--severity LEVEL] [--save FILE]")
+    parser.add_argument("--dry-run", action="store_true", help="backtest only; add nothing")
+    parser.add_argument("--severity", choices=SEVERITIES, help="override the rules' severity")
+    parser.add_argument("--save", metavar="FILE", help="also append the rules to this YAML rule pack")
+    return parser
+
+
+# -- small display helpers ----------------------------------------------------------------------------------------
+class Table:
+    """A plain table with an HTML and a text form (the text form is what tests and terminals see)."""
+
+    def __init__(self, columns: list[str], rows: list[list[Any]], title: str = "") -> None:
+        self.columns, self.rows, self.title = columns, rows, title
+
+    def __repr__(self) -> str:
+        cells = [self.columns] + [[_fmt(v) for v in row] for row in self.rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        lines = [self.title] if self.title else []
+        for n, row in enumerate(cells):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            if n == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        title = f"<div style='font-weight:600'>{html.escape(self.title)}</div>" if self.title else ""
+        return f"{title}<table class='ptt-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    if close:
+        return f"; did you mean {' or '.join(repr(c) for c in close)}?"
+    return f"; known: {', '.join(sorted(known))}" if known else ""
+
+
+def snapshot_history(history: MetricHistory) -> MetricHistory:
+    """A private copy of a history another thread may be appending to (length first, then the prefix)."""
+    copy = MetricHistory(cap=history.cap)
+    for (split, key), series in list(history.series.items()):
+        n = series.n
+        clone = Series(history.cap, initial=max(n, 1))
+        clone.steps[:n] = series.steps[:n]
+        clone.values[:n] = series.values[:n]
+        clone.n = n
+        copy.series[(split, key)] = clone
+    copy.last_step = history.last_step
+    copy.latest.update(dict(history.latest))
+    copy.latest_eval.update(dict(history.latest_eval))
+    copy.summary.update(dict(history.summary))
+    return copy
+
+
+# -- the magics -----------------------------------------------------------------------------------------------------
+@magics_class
+class PttMagics(Magics):
+    """``%ptt`` / ``%%ptt``. State lives in ``ptt_nb.session.SESSION`` (one per kernel)."""
+
+    @line_cell_magic
+    def ptt(self, line: str, cell: str | None = None) -> None:
+        try:
+            if cell is None:
+                self._line(line)
+            else:
+                self._cell(line, cell)
+        except _HelpShown:
+            return None
+
+    # -- line magic ------------------------------------------------------------------------------------------
+    def _line(self, line: str) -> None:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%ptt: cannot parse the line ({exc})") from None
+        if not argv or argv[0] == "help":
+            print(LINE_HELP)
+            return
+        args = _line_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], None] = getattr(self, f"_cmd_{args.command}")
+        handler(args)
+
+    def _current(self, what: str) -> Monitor:
+        monitor = SESSION.monitor
+        if monitor is None:
+            raise UsageError(f"%ptt {what}: no run yet in this kernel. Train with DiagnosticsCallback() (or "
+                             "`%ptt train TRAINER`), or load one with `%ptt replay RUN_DIR` / `%ptt watch RUN_DIR`.")
+        return monitor
+
+    def _cmd_show(self, args: argparse.Namespace) -> None:
+        self._show(self._current("show"))
+
+    def _show(self, monitor: Monitor) -> Any:
+        try:
+            from .widget import show
+        except ImportError as exc:
+            print(f"ptt_nb: the dashboard is unavailable here ({exc}); the run's status instead:")
+            print(_status_text(monitor))
+            return None
+        replay = SESSION.source == "replay" if monitor is SESSION.monitor else None
+        if monitor is SESSION.monitor and SESSION.source in ("live", "watch"):
+            replay = False
+        dash = show(monitor, replay=replay)
+        if monitor is SESSION.monitor:
+            SESSION.dashboard = dash
+        return dash
+
+    def _cmd_status(self, args: argparse.Namespace) -> None:
+        monitor = SESSION.monitor
+        lines = [_status_text(monitor, SESSION.source) if monitor is not None else "no current run"]
+        job = SESSION.job
+        if job is not None:
+            lines.append(_job_text(job))
+        if SESSION.watcher is not None:
+            lines.append("watch: " + SESSION.watcher.describe())
+        if SESSION.rules:
+            lines.append("session rules (%%ptt): " + ", ".join(SESSION.rules))
+        if monitor is not None:
+            pending = SESSION.applier(monitor).pending
+            if pending:
+                lines.append("waiting for the next log point: " + ", ".join(label for label, _ in pending))
+            errors = SESSION.applier(monitor).errors
+            lines.extend(errors[-3:])
+            lines.extend(monitor.warnings[-3:])
+        print("\n".join(lines))
+        self._report_job(force=True)
+
+    def _cmd_rules(self, args: argparse.Namespace) -> None:
+        monitor = self._current("rules")
+        display(rules_table(monitor, show_dormant=True))
+
+    def _rule_state(self, monitor: Monitor, rule_id: str, what: str) -> None:
+        known = list(monitor.engine.states)
+        if rule_id not in monitor.engine.states:
+            if not monitor.evaluate:
+                raise UsageError(f"%ptt {what}: this run was replayed: its rules are not running here (its recorded "
+                                 "alerts are shown as they were)")
+            raise UsageError(f"%ptt {what}: no rule {rule_id!r} in the current run{_suggest(rule_id, known)}")
+
+    def _cmd_mute(self, args: argparse.Namespace, muted: bool = True) -> None:
+        monitor = self._current("mute" if muted else "unmute")
+        what = "mute" if muted else "unmute"
+        self._rule_state(monitor, args.rule, what)
+        now = SESSION.applier(monitor).submit(f"{what} {args.rule}", lambda: monitor.mute(args.rule, muted))
+        when = "" if now else " (from the next log point)"
+        print(f"{args.rule}: {'muted' if muted else 'unmuted'}{when}")
+
+    def _cmd_unmute(self, args: argparse.Namespace) -> None:
+        self._cmd_mute(args, muted=False)
+
+    def _cmd_remove(self, args: argparse.Namespace) -> None:
+        rule_id = args.rule
+        in_session = SESSION.rules.pop(rule_id, None) is not None
+        monitor = SESSION.monitor
+        in_run = monitor is not None and rule_id in monitor.engine.states and _is_custom(monitor, rule_id)
+        if not (in_session or in_run):
+            raise UsageError(f"%ptt remove: {rule_id!r} is not a rule added with %%ptt"
+                             f"{_suggest(rule_id, list(SESSION.rules))}")
+        if in_run:
+            assert monitor is not None
+            SESSION.applier(monitor).submit(f"remove {rule_id}", lambda: monitor.engine.remove(rule_id))
+        print(f"{rule_id}: removed" + (" from this session" if in_session else "") + (" and the run" if in_run else ""))
+
+    def _cmd_stop(self, args: argparse.Namespace) -> None:
+        job = SESSION.job
+        monitor = SESSION.monitor
+        if SESSION.source == "watch" and SESSION.watcher is not None and SESSION.watcher.running:
+            SESSION.watcher.stop()
+            print("stopped following the run folder (the process writing it goes on: stop it there)")
+            return
+        if monitor is None or not SESSION.live(monitor):
+            state = monitor.state if monitor is not None else "no run"
+            raise UsageError(f"%ptt stop: nothing is training in the background ({state}). A run training in a "
+                             "blocking cell stops with the dashboard's Stop button.")
+        callback = SESSION.callback
+        if callback is not None and hasattr(callback, "stop"):
+            callback.stop()
+        else:
+            monitor.request_stop(by="user", reason="user_stop")
+        who = f" ({job.name})" if job is not None and job.running else ""
+        print(f"stop requested at step {monitor.step}{who}: training stops at the next step boundary")
+
+    # -- %ptt train -------------------------------------------------------------------------------------------------
+    def _cmd_train(self, args: argparse.Namespace) -> None:
+        job = SESSION.job
+        if job is not None and job.running:
+            step = job.callback.monitor.step if getattr(job.callback, "monitor", None) else 0
+            raise UsageError(f"%ptt train: {job.name!r} is still training (step {step}); wait for it or "
+                             "`%ptt stop` it first")
+        if SESSION.monitor is not None and SESSION.source == "live" and SESSION.live():
+            raise UsageError("%ptt train: a run is already training in this kernel; `%ptt stop` it first")
+        trainer = self._lookup(args.trainer)
+        if not callable(getattr(trainer, "train", None)) or not hasattr(trainer, "callback_handler"):
+            raise UsageError(f"%ptt train: {args.trainer!r} is a {type(trainer).__name__}, not a transformers/TRL "
+                             "Trainer")
+        callback, added = _ensure_callback(trainer)
+        callback.widget_option = False  # the dashboard is displayed below, from this (main) thread
+        if callback.console is None:
+            callback.console = False
+        if callback.trainer is None:  # added after on_init_end: wrap train() now so a crash is still recorded
+            callback._attach(trainer)
+        job = TrainingJob(name=args.trainer, trainer=trainer, callback=callback)
+        job.thread = threading.Thread(target=_run_job, args=(job,), name=f"ptt_nb-train:{args.trainer}", daemon=True)
+        generation = SESSION.generation
+        SESSION.job = job
+        job.thread.start()
+        note = " (a DiagnosticsCallback was added to it)" if added else ""
+        print(f"training {args.trainer!r} in the background{note}; `%ptt stop` stops it, `%ptt status` tells how "
+              "it goes")
+        started = wait_for_run(generation, REGISTER_WAIT_S, lambda: not job.thread.is_alive())
+        if started and SESSION.callback is callback and not args.no_show:
+            dash = self._show(SESSION.monitor)
+            if dash is not None:
+                callback.widget = dash
+        elif not started:
+            if job.thread.is_alive():
+                print("training has not begun yet; `%ptt show` displays the dashboard once it has")
+            else:
+                self._report_job(force=True)
+
+    def _lookup(self, name: str) -> Any:
+        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name):
+            raise UsageError(f"%ptt train: {name!r} is not a variable name")
+        head, *rest = name.split(".")
+        ns = self.shell.user_ns
+        if head not in ns:
+            raise UsageError(f"%ptt train: no variable {head!r} in the notebook{_suggest(head, _user_names(ns))}")
+        obj = ns[head]
+        for attr in rest:
+            if not hasattr(obj, attr):
+                raise UsageError(f"%ptt train: {type(obj).__name__} has no attribute {attr!r}")
+            obj = getattr(obj, attr)
+        return obj
+
+    def _report_job(self, force: bool = False) -> None:
+        """Tell the notebook once how a background run ended (exception: with its traceback)."""
+        job = SESSION.job
+        if job is None or job.reported or job.running or job.thread is None:
+            return
+        job.reported = True
+        callback = job.callback
+        monitor = getattr(callback, "monitor", None)
+        run_dir = getattr(callback, "run_dir", None)
+        if job.error is None:
+            state = monitor.state if monitor is not None else "finished"
+            step = monitor.step if monitor is not None else "?"
+            print(f"ptt_nb: {job.name!r} ended at step {step}: {state}; run folder: {run_dir}")
+            return
+        exc = job.error
+        pm = Path(run_dir) / "postmortem.json" if run_dir is not None else None
+        where = f"; postmortem: {pm}" if pm is not None and pm.exists() else ""
+        step = monitor.step if monitor is not None else "?"
+        print(f"ptt_nb: {job.name!r} crashed at step {step}: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        self.shell.showtraceback((type(exc), exc, exc.__traceback__))
+
+    def post_run_cell(self, result: Any) -> None:
+        try:
+            self._report_job()
+        except Exception:  # noqa: BLE001 - a hook must never break the user's cells
+            pass
+
+    # -- %ptt watch / replay / report ----------------------------------------------------------------------------------
+    def _cmd_watch(self, args: argparse.Namespace) -> None:
+        from .watch import Watcher, watch_monitor
+
+        old = SESSION.watcher
+        if args.stop:
+            if old is None or not old.running:
+                raise UsageError("%ptt watch --stop: not following any run folder")
+            old.stop()
+            print(f"stopped following {old.run_dir or old.path}")
+            return
+        if not args.run_dir:
+            raise UsageError("%ptt watch: give the run folder to follow (RUN_DIR), or --stop")
+        if args.interval <= 0:
+            raise UsageError("%ptt watch: --interval must be a positive number of seconds")
+        path = Path(args.run_dir).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"%ptt watch: {path} is a file; give the run folder (the one holding events.jsonl)")
+        if old is not None:
+            old.stop()
+        monitor = watch_monitor()
+        applier_box: list[Any] = []
+        watcher = Watcher(path, monitor=monitor, interval=args.interval,
+                          on_tick=lambda: applier_box[0].drain() if applier_box else None)
+        SESSION.watcher = watcher
+        watcher.start()
+        applier = SESSION.set_current(monitor, "watch", feeder=watcher.thread)
+        applier.on_start = lambda: SESSION.add_session_rules(monitor)
+        applier_box.append(applier)
+        if not path.exists():
+            print(f"{path} does not exist yet: waiting for it")
+        print(f"following {path} (every {args.interval:g} s); `%ptt watch --stop` stops following")
+        if not args.no_show:
+            self._show(monitor)
+
+    def _cmd_replay(self, args: argparse.Namespace) -> None:
+        from .runfolder import load_run
+
+        path = Path(args.run_dir).expanduser()
+        try:
+            monitor = load_run(path)
+        except FileNotFoundError as exc:
+            raise UsageError(f"%ptt replay: {exc}") from None
+        SESSION.set_current(monitor, "replay")
+        print(_status_text(monitor, "replay"))
+        pm = monitor.postmortem
+        if pm:
+            last = (pm.get("traceback") or "").strip().splitlines()[-1:]
+            print(f"postmortem: {Path(monitor.run_dir) / 'postmortem.json'} ({pm.get('exit_reason')} at step "
+                  f"{pm.get('last_step')}{': ' + last[0] if last else ''})")
+        for warning in monitor.warnings[-5:]:
+            print(warning)
+        if not args.no_show:
+            self._show(monitor)
+
+    def _cmd_report(self, args: argparse.Namespace) -> None:
+        try:
+            from .report import write_report
+        except ImportError as exc:
+            raise UsageError(f"%ptt report: the HTML report is unavailable here ({exc}); "
+                             "pip install 'ptt-nb[report]'") from None
+        target: Any = Path(args.run_dir).expanduser() if args.run_dir else self._current("report")
+        if isinstance(target, Path) and not target.exists():
+            raise UsageError(f"%ptt report: {target} does not exist")
+        try:
+            out = write_report(target, args.out)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(f"%ptt report: {exc}") from None
+        print(f"report written: {out}")
+
+    # -- %%ptt -----------------------------------------------------------------------------------------------------
+    def _cell(self, line: str, cell: str) -> None:
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%ptt: cannot parse the options ({exc})") from None
+        args = _cell_parser().parse_args(argv)
+        if not cell.strip():
+            raise UsageError("%%ptt: the cell is empty; write one or more rules below the %%ptt line")
+        sources = self._parse_cell(cell, args.severity)
+        monitor = SESSION.monitor
+        if monitor is not None and monitor.run is not None and monitor.history.series:
+            self._backtest(monitor, sources)
+        else:
+            print("no run history yet to backtest on (train, `%ptt watch` or `%ptt replay` first)")
+        if args.save:
+            self._save(args.save, cell, sources, args.severity)
+        if args.dry_run:
+            print("dry run: nothing added")
+            return
+        for source in sources:
+            SESSION.remember_rule(source)
+        ids = ", ".join(s.id for s in sources)
+        if monitor is None or not monitor.evaluate or SESSION.source == "replay":
+            print(f"added {ids} to this session: every run started here from now on evaluates it")
+            return
+        applier = SESSION.applier(monitor)
+        now = True
+        for source in sources:
+            rule = source.make()
+            now = applier.submit(f"add rule {source.id}", lambda rule=rule: monitor.engine.add(rule)) and now
+        when = "" if now else " from the next log point"
+        print(f"added {ids} to the current run{when} and to this session's later runs")
+
+    def _parse_cell(self, cell: str, severity: str | None) -> list[RuleSource]:
+        from . import cellrules
+
+        try:
+            return cellrules.parse_cell(cell, self.shell.user_ns, severity=severity)
+        except cellrules.CellError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _backtest(self, monitor: Monitor, sources: list[RuleSource]) -> None:
+        from . import cellrules
+
+        history = snapshot_history(monitor.history)
+        run = monitor.run
+        assert run is not None
+        for source in sources:
+            try:
+                result = cellrules.backtest(source.make(), history, algorithm=run.algorithm, config=run.config,
+                                            max_steps=monitor.max_steps)
+            except cellrules.CellError as exc:
+                raise UsageError(str(exc)) from None
+            display(cellrules.BacktestView(source.id, result, history, panels=monitor.panels()))
+
+    def _save(self, path: str, cell: str, sources: list[RuleSource], severity: str | None) -> None:
+        from . import cellrules
+
+        try:
+            out = cellrules.append_to_pack(path, cell, sources, severity)
+        except cellrules.CellError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"saved {', '.join(s.id for s in sources)} to {out}")
+
+
+# -- helpers used by the magics -------------------------------------------------------------------------------------
+def _user_names(ns: dict[str, Any]) -> list[str]:
+    return [k for k in ns if not k.startswith("_") and k not in ("In", "Out", "exit", "quit", "get_ipython")]
+
+
+def _is_custom(monitor: Monitor, rule_id: str) -> bool:
+    state = monitor.engine.states.get(rule_id)
+    return state is not None and getattr(state.rule, "source", "built-in") != "built-in"
+
+
+def _ensure_callback(trainer: Any) -> tuple[Any, bool]:
+    from .callback import DiagnosticsCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, DiagnosticsCallback):
+            return cb, False
+    cb = DiagnosticsCallback()
+    trainer.add_callback(cb)
+    return cb, True
+
+
+def _run_job(job: TrainingJob) -> None:
+    try:
+        job.result = job.trainer.train()
+    except BaseException as exc:  # noqa: BLE001 - reported in the notebook by the post_run_cell hook
+        job.error = exc
+    finally:
+        monitor = getattr(job.callback, "monitor", None)
+        if monitor is not None:
+            SESSION.applier(monitor).drain()
+
+
+def _status_text(monitor: Monitor, source: str = "") -> str:
+    s = monitor.status()
+    run = monitor.run
+    head = f"{run.trainer} ({run.algorithm}) {run.run_id}" if run else "(no run_start yet)"
+    where = f" [{source}]" if source else ""
+    step = f"step {s['step']}" + (f"/{s['max_steps']}" if s["max_steps"] else "")
+    parts = [f"{head}{where}: {s['state']}, {step}"]
+    if s["eta_s"] is not None:
+        parts.append(f"ETA {s['eta_s']:.0f} s")
+    if s["steps_per_s"]:
+        parts.append(f"{s['steps_per_s']:.2f} steps/s")
+    if s["stop_requested"] and monitor.end_event is None:
+        parts.append("stop requested")
+    counts = {k: v for k, v in monitor.alerts_by_severity().items() if v}
+    active = sum(1 for a in monitor.alerts if a.state == "active")
+    parts.append(f"alerts: {_fmt(counts) if counts else 'none'}" + (f" ({active} open)" if counts else ""))
+    if monitor.end_event is not None and monitor.end_event.detail:
+        parts.append(monitor.end_event.detail)
+    lines = [", ".join(parts)]
+    if monitor.run_dir is not None:
+        lines.append(f"run folder: {monitor.run_dir}")
+    return "\n".join(lines)
+
+
+def _job_text(job: TrainingJob) -> str:
+    if job.running:
+        return f"background training: {job.name!r} is running"
+    if job.error is not None:
+        return f"background training: {job.name!r} crashed: {type(job.error).__name__}: {job.error}"
+    return f"background training: {job.name!r} returned"
+
+
+def rules_table(monitor: Monitor, show_dormant: bool = True) -> Table:
+    """id, severity, state (active/idle/dormant/disabled), fired, muted, source."""
+    engine = monitor.engine
+    if not engine.states and not monitor.evaluate:
+        counts: dict[str, list[Alert]] = {}
+        for alert in monitor.alerts:
+            counts.setdefault(alert.rule, []).append(alert)
+        rows = [[rule, alerts[0].severity, "recorded", len(alerts), None, "recorded"]
+                for rule, alerts in sorted(counts.items())]
+        return Table(["id", "severity", "state", "fired", "muted", "source"], rows,
+                     title="replayed run: recorded alerts by rule (its rules do not run here)")
+    dormant = set(engine.dormant())
+    rows = []
+    for rule_id, state in sorted(list(engine.states.items())):
+        if state.disabled:
+            label = "disabled"
+        elif state.active is not None:
+            label = "active"
+        elif rule_id in dormant:
+            label = "dormant"
+        else:
+            label = "idle"
+        if label == "dormant" and not show_dormant:
+            continue
+        rows.append([rule_id, state.rule.severity, label, state.fired, state.muted, state.rule.source])
+    return Table(["id", "severity", "state", "fired", "muted", "source"], rows)
+
+
+# -- registration ------------------------------------------------------------------------------------------------------
+_REGISTERED: dict[int, PttMagics] = {}
+
+
+def register(ipython: Any) -> None:
+    """Register ``%ptt``/``%%ptt`` and the hook that reports background training (idempotent)."""
+    if id(ipython) in _REGISTERED:
+        return
+    magics = PttMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.events.register("post_run_cell", magics.post_run_cell)
+    _REGISTERED[id(ipython)] = magics
+
+
+def unregister(ipython: Any) -> None:
+    magics = _REGISTERED.pop(id(ipython), None)
+    if magics is None:
+        return
+    for kind in ("line", "cell"):
+        ipython.magics_manager.magics[kind].pop("ptt", None)
+    try:
+        ipython.events.unregister("post_run_cell", magics.post_run_cell)
+    except ValueError:
+        pass
+
+
+def wait_job(timeout: float = 60.0) -> bool:
+    """Block until the background training started by ``%ptt train`` ends (for scripts and tests)."""
+    job = SESSION.job
+    if job is None or job.thread is None:
+        return True
+    deadline = time.monotonic() + timeout
+    job.thread.join(max(0.0, deadline - time.monotonic()))
+    return not job.thread.is_alive()

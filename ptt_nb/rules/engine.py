@@ -71,6 +71,9 @@ class Rule:
     url: str | None = None
     panels: tuple[str, ...] = ()
     cooldown: int = 0  # steps after a resolved episode before a new one may open
+    warmup_steps: int = 0  # findings before this global step are ignored (the check still runs: state updates)
+    warmup_frac: float = 0.0  # ... and before this fraction of max_steps (when max_steps is known)
+    once: bool = False  # after its first episode opens, the rule is never checked again (episode stays open)
     source: str = "built-in"
 
     def applies_to(self, algorithm: str) -> bool:
@@ -92,6 +95,7 @@ class RuleState:
     muted: bool = False
     disabled: str | None = None
     seen_key: bool = False
+    done: bool = False  # a ``once`` rule that has fired
 
 
 class Engine:
@@ -101,6 +105,9 @@ class Engine:
         self.ctx = ctx
         self.states: dict[str, RuleState] = {}
         self._by_key: dict[str, list[RuleState]] = {}
+        # (split, keys of a log point) -> the states to check, in registration order. TRL logs the same key
+        # set at every step, so dispatch costs one tuple hash per log point instead of a walk over the keys.
+        self._plans: dict[tuple[str, tuple[str, ...]], list[RuleState]] = {}
         for rule in rules:
             self.add(rule)
 
@@ -117,6 +124,7 @@ class Engine:
         self.states[rule.id] = state
         for key in rule.keys:
             self._by_key.setdefault(key, []).append(state)
+        self._plans.clear()
 
     def remove(self, rule_id: str) -> None:
         state = self.states.pop(rule_id, None)
@@ -126,6 +134,7 @@ class Engine:
             lst = self._by_key.get(key, [])
             if state in lst:
                 lst.remove(state)
+        self._plans.clear()
 
     def set_muted(self, rule_id: str, muted: bool) -> None:
         if rule_id not in self.states:
@@ -149,60 +158,99 @@ class Engine:
         ctx.step = step
         ctx.split = split
         ctx.values = values
+        sig = (split, tuple(values))
+        plan = self._plans.get(sig)
+        if plan is None:
+            if len(self._plans) > 256:  # key sets that keep changing: keep the cache bounded
+                self._plans.clear()
+            plan = self._plan(split, values)
+            self._plans[sig] = plan
         out: list[Alert] = []
+        for state in plan:
+            try:
+                finding = state.rule.check(ctx)
+            except Exception as exc:  # a broken rule must never stop training
+                self._disable(state, exc, out)
+                continue
+            if finding is None:
+                if state.active is not None:
+                    self._resolve(state, step, out)
+            else:
+                self._found(state, finding, out)
+        return out
+
+    def _plan(self, split: str, values: dict[str, float]) -> list[RuleState]:
+        plan: list[RuleState] = []
         seen: set[int] = set()
         by_key = self._by_key
         for key in values:
-            states = by_key.get(key)
-            if not states:
-                continue
-            for state in states:
+            for state in by_key.get(key, ()):
                 if id(state) in seen:
                     continue
                 seen.add(id(state))
                 state.seen_key = True
-                if split in state.rule.splits:
-                    self._run(state, state.rule.check, out)
-        return out
+                if split in state.rule.splits and not state.disabled and not state.done:
+                    plan.append(state)
+        order = {id(s): i for i, s in enumerate(self.states.values())}
+        plan.sort(key=lambda s: order[id(s)])
+        return plan
 
     def _run(self, state: RuleState, fn, out: list[Alert]) -> None:
-        if state.disabled:
+        if state.disabled or state.done:
             return
         try:
             finding = fn(self.ctx)
         except Exception as exc:  # a broken rule must never stop training
-            state.disabled = f"{type(exc).__name__}: {exc}"
-            log.warning("ptt_nb: rule %r raised %s and is disabled", state.rule.id, state.disabled)
-            out.append(self._rule_error_alert(state))
+            self._disable(state, exc, out)
             return
-        step = self.ctx.step
         if finding is not None:
-            if state.active is None:
-                rule = state.rule
-                if state.last_resolved is not None and step - state.last_resolved < rule.cooldown:
-                    return
-                state.fired += 1
-                alert = Alert(
-                    id=f"{rule.id}@{step}",
-                    rule=rule.id,
-                    severity=finding.severity or rule.severity,
-                    step=step,
-                    message=finding.message,
-                    action=finding.action or rule.action,
-                    reference=rule.reference,
-                    url=rule.url,
-                    evidence={k: _num(v) for k, v in finding.evidence.items()},
-                    panels=list(rule.panels),
-                )
-                state.active = alert
-                if not state.muted:
-                    out.append(alert)
-            elif finding.severity and _more_severe(finding.severity, state.active.severity):
-                # escalation is a new fact worth telling: close the old episode, open a more severe one
-                self._resolve(state, step, out)
-                self._run(state, lambda _ctx: finding, out)
+            self._found(state, finding, out)
         elif state.active is not None:
+            self._resolve(state, self.ctx.step, out)
+
+    def _disable(self, state: RuleState, exc: Exception, out: list[Alert]) -> None:
+        state.disabled = f"{type(exc).__name__}: {exc}"
+        self._plans.clear()
+        log.warning("ptt_nb: rule %r raised %s and is disabled", state.rule.id, state.disabled)
+        out.append(self._rule_error_alert(state))
+
+    def _in_warmup(self, rule: Rule) -> bool:
+        ctx = self.ctx
+        if ctx.step < rule.warmup_steps:
+            return True
+        return bool(rule.warmup_frac and ctx.max_steps and ctx.step < rule.warmup_frac * ctx.max_steps)
+
+    def _found(self, state: RuleState, finding: Finding, out: list[Alert]) -> None:
+        step = self.ctx.step
+        rule = state.rule
+        if state.active is None:
+            if (rule.warmup_steps or rule.warmup_frac) and self._in_warmup(rule):
+                return
+            if state.last_resolved is not None and step - state.last_resolved < rule.cooldown:
+                return
+            state.fired += 1
+            alert = Alert(
+                id=f"{rule.id}@{step}",
+                rule=rule.id,
+                severity=finding.severity or rule.severity,
+                step=step,
+                message=finding.message,
+                action=finding.action or rule.action,
+                reference=rule.reference,
+                url=rule.url,
+                evidence={k: _num(v) for k, v in finding.evidence.items()},
+                panels=list(rule.panels),
+            )
+            state.active = alert
+            if rule.once:
+                state.done = True
+                self._plans.clear()
+            if not state.muted:
+                out.append(alert)
+        elif finding.severity and _more_severe(finding.severity, state.active.severity):
+            # escalation is a new fact worth telling: close the old episode, open a more severe one
             self._resolve(state, step, out)
+            self._found(state, finding, out)
 
     def _resolve(self, state: RuleState, step: int, out: list[Alert]) -> None:
         active = state.active

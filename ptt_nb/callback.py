@@ -29,6 +29,7 @@ from . import environment, postmortem, profiles
 from .console import ConsoleSink
 from .events import RunStart
 from .monitor import Monitor
+from .rules.catalog import run_facts  # model size / PEFT / KTO label counts for config-time rules
 from .runfolder import RunWriter
 
 log = logging.getLogger("ptt_nb")
@@ -277,7 +278,7 @@ class DiagnosticsCallback(TrainerCallback):
             run_id=self.run_dir.name,
             trainer=trainer_cls.__name__ if trainer_cls else type(args).__name__,
             algorithm=profile.name,
-            config=_config_summary(args),
+            config={**_config_summary(args), **run_facts(kwargs.get("model"), kwargs.get("train_dataloader"))},
             versions=environment.versions() if main else {},
             world_size=self.world_size,
             max_steps=state.max_steps or None,

@@ -521,7 +521,8 @@ class _Compiler:
         if isinstance(node.value, ast.Name) and node.value.id == "config":
             if self.scan.names.get(self.off(node.value)) is None:
                 if node.attr.startswith("_"):
-                    raise self.fail(f"config keys starting with '_' are not allowed ({node.attr})", node)
+                    raise self.fail(f"config keys starting with '_' are not allowed ({node.attr})",
+                                    self.end(node.value) + 1)
                 return self.config(node.attr, None, node)
         raise self.fail(_REFUSED[ast.Attribute], self.end(node.value))
 
@@ -758,9 +759,8 @@ def _first_refused(tree: ast.AST, comp: _Compiler) -> None:
         msg = _REFUSED.get(type(node))
         if isinstance(node, ast.Attribute):
             value = node.value
-            if (isinstance(value, ast.Name) and value.id == "config" and comp.scan.names.get(comp.off(value)) is None
-                    and not node.attr.startswith("_")):
-                continue
+            if isinstance(value, ast.Name) and value.id == "config" and comp.scan.names.get(comp.off(value)) is None:
+                continue  # config.<key>: checked when compiled
             found.append((comp.end(value), msg))
         elif isinstance(node, ast.Subscript):
             found.append((comp.end(node.value), msg))

@@ -1,0 +1,372 @@
+"""``%ptt`` / ``%%ptt`` driven through a real IPython shell (in-process), on the recorded run folder.
+
+The background ``%ptt train`` and the live dashboard are tested in a real Jupyter kernel in
+``test_magics_kernel.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("IPython")
+
+from IPython.core.error import UsageError  # noqa: E402
+from IPython.testing.globalipapp import start_ipython  # noqa: E402
+from IPython.utils.capture import capture_output  # noqa: E402
+
+from ptt_nb import magics  # noqa: E402
+from ptt_nb.events import Control  # noqa: E402
+from ptt_nb.runfolder import load_run, read_events  # noqa: E402
+from ptt_nb.rules.custom import load_rule_file  # noqa: E402
+from ptt_nb.session import SESSION, Applier  # noqa: E402
+
+RECORDED = Path(__file__).parent / "data" / "recorded_run"
+
+# grad_norm in the recorded run: < 0.8 at step 6 only, then from step 14 to the end (step 23).
+LOW_GRAD = "- id: low_grad\n  when: grad_norm < 0.8\n  severity: low\n  panels: [optim_grad_norm]\n"
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "ptt_nb")
+    yield shell
+    shell.run_line_magic("unload_ext", "ptt_nb")
+
+
+@pytest.fixture(autouse=True)
+def fresh_session():
+    if SESSION.watcher is not None:
+        SESSION.watcher.stop()
+    SESSION.__init__()
+    yield
+    if SESSION.watcher is not None:
+        SESSION.watcher.stop()
+    SESSION.__init__()
+
+
+def run(ip, cell: str):
+    """Run a cell; returns (stdout, stderr, error)."""
+    with capture_output(display=True) as cap:
+        result = ip.run_cell(cell)
+    shown = "\n".join(repr_text(o) for o in cap.outputs)
+    return cap.stdout + shown, cap.stderr, result.error_in_exec
+
+
+def repr_text(output) -> str:
+    return output.data.get("text/plain", "") if hasattr(output, "data") else str(output)
+
+
+def user_error(ip, cell: str) -> str:
+    """A user mistake: a UsageError whose short message is shown, and no Python traceback."""
+    out, err, exc = run(ip, cell)
+    assert isinstance(exc, UsageError), (cell, out, err, exc)
+    assert "Traceback" not in err and "Traceback" not in out, err
+    assert err.startswith("UsageError: "), err
+    return err
+
+
+def live_like(tmp_path) -> object:
+    """The recorded run re-evaluated into a Monitor with a rule engine, made current as a "live" run with no
+    feeding thread (so changes apply at once); the monitor keeps a copy of the run folder."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(RECORDED, run_dir)
+    monitor = load_run(run_dir, evaluate=True)
+    SESSION.set_current(monitor, "live")
+    return monitor
+
+
+# -- help and argument errors -----------------------------------------------------------------------------------------
+def test_help_lists_every_subcommand_without_traceback(ip):
+    for cell in ("%ptt --help", "%ptt", "%ptt help"):
+        out, err, exc = run(ip, cell)
+        assert exc is None and err == ""
+        for sub in ("show", "status", "rules", "mute", "unmute", "stop", "train", "watch", "replay", "report"):
+            assert sub in out
+    out, err, exc = run(ip, "%ptt watch --help")
+    assert exc is None and "--interval" in out and "RUN_DIR" in out
+    out, err, exc = run(ip, "%%ptt --help\nloss > 1\n")
+    assert exc is None and "--dry-run" in out and "--save" in out
+
+
+@pytest.mark.parametrize("cell, words", [
+    ("%ptt bogus", ["invalid choice: 'bogus'"]),
+    ("%ptt mute", ["the following arguments are required: RULE"]),
+    ("%ptt rules", ["no run yet"]),
+    ("%ptt show", ["no run yet"]),
+    ("%ptt stop", ["nothing is training"]),
+    ("%ptt report", ["no run yet"]),
+    ("%ptt replay /nonexistent/run", ["/nonexistent/run", "events.jsonl"]),
+    ("%ptt report /nonexistent/run", ["does not exist"]),
+    ("%ptt watch", ["give the run folder"]),
+    ("%ptt watch --stop", ["not following"]),
+    ("%ptt train", ["required: TRAINER"]),
+    ("%ptt train no_such_trainer", ["no variable 'no_such_trainer'"]),
+    ("%ptt train 1+1", ["not a variable name"]),
+    ("%ptt status 'unclosed", ["cannot parse"]),
+    ("%%ptt --severity urgent\ngrad_norm > 1\n", ["invalid choice: 'urgent'"]),
+    ("%%ptt\n\n", ["the cell is empty"]),
+])
+def test_user_mistakes_get_a_short_message(ip, cell, words):
+    err = user_error(ip, cell)
+    for w in words:
+        assert w in err, err
+
+
+def test_train_refuses_what_is_not_a_trainer(ip):
+    ip.user_ns["not_a_trainer"] = [1, 2]
+    err = user_error(ip, "%ptt train not_a_trainer")
+    assert "is a list, not a transformers/TRL Trainer" in err
+    err = user_error(ip, "%ptt train not_a_trainer.nope")
+    assert "has no attribute 'nope'" in err
+
+
+def test_watch_refuses_a_file(ip, tmp_path):
+    f = tmp_path / "x.txt"
+    f.write_text("")
+    assert "is a file" in user_error(ip, f"%ptt watch {f}")
+
+
+# -- replay, status, rules, report ------------------------------------------------------------------------------------
+def test_replay_reports_the_crash_and_its_postmortem(ip):
+    out, err, exc = run(ip, f"%ptt replay {RECORDED} --no-show")
+    assert exc is None, err
+    assert "DPOTrainer (dpo)" in out and "crashed" in out and "step 23/30" in out
+    assert "postmortem.json (exception at step 24: RuntimeError: simulated crash at step 24" in out
+    assert SESSION.source == "replay" and SESSION.monitor.state == "crashed"
+    out, err, exc = run(ip, "%ptt status")
+    assert exc is None and "[replay]: crashed" in out and str(RECORDED) in out
+    out, err, exc = run(ip, "%ptt rules")
+    assert exc is None and "replayed run" in out
+    assert "its rules are not running here" in user_error(ip, "%ptt mute nonfinite_values")
+
+
+def test_rules_table_states_and_mute(ip, tmp_path):
+    monitor = live_like(tmp_path)
+    out, err, exc = run(ip, "%ptt rules")
+    assert exc is None, err
+    header = out.splitlines()[0].split()
+    assert header == ["id", "severity", "state", "fired", "muted", "source"]
+    row = next(line.split() for line in out.splitlines() if line.startswith("nonfinite_values"))
+    assert row[:5] == ["nonfinite_values", "critical", "idle", "0", "no"]
+    out, err, exc = run(ip, "%ptt mute nonfinite_values")
+    assert exc is None and "nonfinite_values: muted" in out
+    assert monitor.engine.states["nonfinite_values"].muted
+    assert isinstance(monitor.controls[-1], Control) and monitor.controls[-1].action == "mute"
+    row = next(line.split() for line in run(ip, "%ptt rules")[0].splitlines() if line.startswith("nonfinite"))
+    assert row[4] == "yes"
+    out, err, exc = run(ip, "%ptt unmute nonfinite_values")
+    assert exc is None and not monitor.engine.states["nonfinite_values"].muted
+    err = user_error(ip, "%ptt mute nonfinite_value")
+    assert "no rule 'nonfinite_value'" in err and "did you mean 'nonfinite_values'" in err
+
+
+def test_rule_states_active_dormant_disabled(ip, tmp_path):
+    monitor = live_like(tmp_path)
+    run(ip, "%%ptt\n- id: never_logged\n  when: kl > 1\n- id: grad_low\n  when: grad_norm < 0.8\n"
+            "- id: broken\n  when: log(loss - 1) > 0\n")
+    # feed one more log point: grad_low is open (0.7 < 0.8), never_logged never saw `kl`, broken raised
+    monitor.log(24, {"loss": 0.6, "grad_norm": 0.7})
+    rows = {r[0]: r for r in (line.split() for line in run(ip, "%ptt rules")[0].splitlines()[2:])}
+    assert rows["grad_low"][2] == "active" and rows["grad_low"][3] == "1"
+    assert rows["never_logged"][2] == "dormant"
+    assert rows["broken"][2] == "disabled"
+    assert rows["grad_low"][5] == "<%%ptt"  # source of a cell rule (first word)
+
+
+def test_status_of_no_run_and_report(ip, tmp_path):
+    out, err, exc = run(ip, "%ptt status")
+    assert exc is None and "no current run" in out
+    pytest.importorskip("bokeh")
+    out_file = tmp_path / "r" / "report.html"
+    out, err, exc = run(ip, f"%ptt report {RECORDED} -o {out_file}")
+    assert exc is None, err
+    assert f"report written: {out_file}" in out and out_file.stat().st_size > 10_000
+    run(ip, f"%ptt replay {RECORDED} --no-show")
+    out, err, exc = run(ip, f"%ptt report -o {tmp_path / 'cur.html'}")
+    assert exc is None and (tmp_path / "cur.html").exists()
+
+
+# -- %%ptt: backtest, add, replace, dry run, save ---------------------------------------------------------------------
+def test_backtest_on_the_recorded_run_gives_the_exact_firing_steps(ip):
+    run(ip, f"%ptt replay {RECORDED} --no-show")
+    out, err, exc = run(ip, "%%ptt --dry-run\n" + LOW_GRAD)
+    assert exc is None, err
+    assert "low_grad: would have fired 2 times, first at step 6 (steps 6, 14)" in out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["6", "7", "low", "value=0.784,", "grad_norm=0.784"] in lines  # episode 6 → resolved at 7
+    assert ["14", "-", "low", "value=0.7603,", "grad_norm=0.7603"] in lines  # open until the crash
+    assert "dry run: nothing added" in out and SESSION.rules == {}
+    # a one-line expression with `for N steps`, and a Python @rule
+    out, _, exc = run(ip, "%%ptt --dry-run\n`rewards/margins` > 0.08 for 2 steps\n")
+    assert exc is None and "would have fired 1 time, first at step 21 (steps 21)" in out
+    out, _, exc = run(ip, "%%ptt --dry-run\n@rule(id='loss_low', keys=['loss'])\ndef loss_low(ctx):\n"
+                          "    return ctx.values['loss'] < 0.66\n")
+    assert exc is None and "loss_low: would have fired 2 times, first at step 14 (steps 14, 18)" in out
+    out, _, exc = run(ip, "%%ptt --dry-run\nloss > 5\n")
+    assert exc is None and "would not have fired on this run (23 log points checked)" in out
+
+
+def test_backtest_html_has_markers_at_the_firing_steps(ip):
+    from ptt_nb.cellrules import Backtest, BacktestView, Firing
+
+    monitor = load_run(RECORDED)
+    view = BacktestView("low_grad", Backtest("low_grad", [Firing(6, 7, "low", ""), Firing(14, None, "low", "")],
+                                             keys=("grad_norm",)), monitor.history)
+    page = view._repr_html_()
+    assert page.count("<line ") == 2 and "fires at step 6" in page and "fires at step 14" in page
+    assert "<polyline" in page and "grad_norm" in page
+
+
+def test_add_then_replace_by_id_in_the_live_engine(ip, tmp_path):
+    monitor = live_like(tmp_path)
+    out, err, exc = run(ip, "%%ptt\n" + LOW_GRAD)
+    assert exc is None, err
+    assert "added low_grad to the current run and to this session's later runs" in out
+    state = monitor.engine.states["low_grad"]
+    assert state.rule.severity == "low" and state.rule.source.startswith("<%%ptt cell>")
+    monitor.log(24, {"grad_norm": 0.5, "loss": 0.6})
+    assert [a.rule for a in monitor.alerts if a.rule == "low_grad"] == ["low_grad"]
+    out, err, exc = run(ip, "%%ptt --severity high\n" + LOW_GRAD.replace("0.8", "0.3"))
+    assert exc is None, err
+    rules = [rid for rid in monitor.engine.states if rid == "low_grad"]
+    assert rules == ["low_grad"]
+    replaced = monitor.engine.states["low_grad"]
+    assert replaced is not state and replaced.rule.severity == "high" and replaced.rule.when == "grad_norm < 0.3"
+    assert list(SESSION.rules) == ["low_grad"]
+    # a later run of this session gets a fresh instance of the rule
+    fresh = SESSION.rules["low_grad"].make()
+    assert fresh is not replaced.rule and fresh.severity == "high"
+    out, err, exc = run(ip, "%ptt remove low_grad")
+    assert exc is None and "low_grad" not in monitor.engine.states and SESSION.rules == {}
+    assert "not a rule added with %%ptt" in user_error(ip, "%ptt remove nonfinite_values")
+
+
+def test_dry_run_changes_nothing(ip, tmp_path):
+    monitor = live_like(tmp_path)
+    before = set(monitor.engine.states)
+    out, err, exc = run(ip, "%%ptt --dry-run\n" + LOW_GRAD)
+    assert exc is None and "dry run: nothing added" in out
+    assert set(monitor.engine.states) == before and SESSION.rules == {}
+
+
+def test_cell_rule_added_while_another_thread_feeds_the_run_waits_for_the_next_log_point(ip, tmp_path):
+    """The engine is changed on the feeding thread, between two log points, never in the middle of one."""
+    monitor = live_like(tmp_path)
+    monitor.end_event = None  # as if still training
+    gate, done = threading.Event(), threading.Event()
+
+    def feeder():
+        gate.wait(10)
+        monitor.log(24, {"grad_norm": 0.5, "loss": 0.6})
+        done.set()
+
+    thread = threading.Thread(target=feeder)
+    applier = SESSION.applier(monitor)
+    assert isinstance(applier, Applier)
+    applier.feeder = thread
+    thread.start()
+    out, err, exc = run(ip, "%%ptt\n" + LOW_GRAD)
+    assert exc is None and "from the next log point" in out
+    assert "low_grad" not in monitor.engine.states  # queued, not applied from this thread
+    assert "add rule low_grad" in run(ip, "%ptt status")[0]
+    gate.set()
+    assert done.wait(10)
+    thread.join()
+    assert "low_grad" in monitor.engine.states
+    assert any(a.rule == "low_grad" and a.step == 24 for a in monitor.alerts)  # evaluated at that very point
+
+
+def test_save_appends_to_a_pack_and_the_pack_reloads(ip, tmp_path):
+    run(ip, f"%ptt replay {RECORDED} --no-show")
+    pack = tmp_path / "rules" / "mine.yaml"
+    out, err, exc = run(ip, f"%%ptt --dry-run --save {pack}\n" + LOW_GRAD)
+    assert exc is None and f"saved low_grad to {pack}" in out
+    pack.write_text("# my rules\n" + pack.read_text())
+    out, err, exc = run(ip, f"%%ptt --save {pack}\n`rewards/margins` > 0.08 for 2 steps\n")
+    assert exc is None, err
+    text = pack.read_text()
+    assert text.startswith("# my rules\n")  # appended as text: the comment survives
+    rules = load_rule_file(pack)
+    assert [r.id for r in rules][0] == "low_grad" and len(rules) == 2
+    assert rules[1].when == "`rewards/margins` > 0.08" and rules[1].for_steps == 2
+    # the same id again replaces it in the pack (rewritten), and --severity is saved
+    out, err, exc = run(ip, f"%%ptt --dry-run --severity critical --save {pack}\n" + LOW_GRAD.replace("0.8", "0.7"))
+    assert exc is None, err
+    rules = {r.id: r for r in load_rule_file(pack)}
+    assert len(rules) == 2 and rules["low_grad"].when == "grad_norm < 0.7"
+    assert rules["low_grad"].severity == "critical"
+    assert yaml.safe_load(pack.read_text())[0]["panels"] == ["optim_grad_norm"]
+    # errors: a Python rule, a non-YAML name, a broken pack
+    py = "%%ptt --dry-run --save {}\n@rule(id='r1', keys=['loss'])\ndef r1(ctx):\n    return False\n"
+    assert "only rule-language rules" in user_error(ip, py.format(pack))
+    assert "must end in .yaml" in user_error(ip, f"%%ptt --dry-run --save {tmp_path / 'x.txt'}\nloss > 1\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [\n")
+    assert "is not valid YAML" in user_error(ip, f"%%ptt --dry-run --save {bad}\nloss > 1\n")
+
+
+# -- errors in %%ptt cells point at the cell line and column -------------------------------------------------------
+@pytest.mark.parametrize("body, where, words", [
+    # the %%ptt line is line 1 of the cell
+    ("grad_norm >\n", "line 2, column 12", ["unexpected end of expression"]),
+    ("\n\n  mean(loss, 5) >> 1\n", "line 4, column", ["mean(loss, 5) >> 1"]),
+    ("- id: a\n  when: loss >\n", "line 3", ["unexpected end of expression"]),
+    ("- id: a\n  when: grad_norm < 1\n  severity: lo\n", "line 4, column 13", ["did you mean low?"]),
+    ("- id: a\n  when: loss > 1\n  colour: red\n", "line 4", ["colour"]),
+    ("- id: a\n  when: `loss > 1\n", "line 3", ["`"]),
+    ("@rule(id='r', keys=['loss'])\ndef r(ctx)\n    return True\n", "line 3, column 11", ["SyntaxError"]),
+    ("@rule(id='r', keys=['loss'])\ndef r(ctx):\n    return True\nundefined_name + 1\n", "line 5",
+     ["NameError", "undefined_name"]),
+    ("@rule(id='9bad', keys=['loss'])\ndef r(ctx):\n    return True\n", "line 2", ["'9bad'", "start with a letter"]),
+    ("def helper(x):\n    return x\n", None, ["defined no rule"]),
+])
+def test_cell_errors_point_at_line_and_column(ip, body, where, words):
+    err = user_error(ip, "%%ptt --dry-run\n" + body)
+    if where:
+        assert f"%%ptt: {where}" in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_a_rule_that_raises_in_the_backtest_is_reported_not_raised(ip):
+    run(ip, f"%ptt replay {RECORDED} --no-show")
+    out, err, exc = run(ip, "%%ptt --dry-run\n@rule(id='boom', keys=['loss'])\ndef boom(ctx):\n    return 1/0\n")
+    assert exc is None, err
+    assert "boom: the rule failed during the backtest: ZeroDivisionError" in out
+
+
+# -- watch through the magic -------------------------------------------------------------------------------------------
+def test_watch_magic_follows_a_folder_and_stop_stops_following(ip, tmp_path):
+    run_dir = tmp_path / "later"
+    out, err, exc = run(ip, f"%ptt watch {run_dir} --no-show --interval 0.02")
+    assert exc is None, err
+    assert "does not exist yet: waiting for it" in out
+    run(ip, "%%ptt\n" + LOW_GRAD)  # added before the run even started: applied when its run_start arrives
+    shutil.copytree(RECORDED, run_dir)
+    watcher = SESSION.watcher
+    assert watcher.wait_until_ended(10)
+    monitor = SESSION.monitor
+    assert monitor is watcher.monitor and monitor.state == "crashed" and monitor.step == 23
+    assert [(a.step, a.state) for a in monitor.alerts if a.rule == "low_grad"] == [(6, "resolved"), (14, "active")]
+    out, err, exc = run(ip, "%ptt status")
+    n_events = len(read_events(RECORDED)[0])
+    assert "[watch]: crashed" in out and f"watch: following {run_dir}: {n_events} events" in out
+    out, err, exc = run(ip, "%ptt stop")
+    assert exc is None and "stopped following" in out and not watcher.running
+
+
+def test_unload_removes_the_magics(ip):
+    ip.run_line_magic("unload_ext", "ptt_nb")
+    try:
+        assert "ptt" not in ip.magics_manager.magics["line"]
+        assert "ptt" not in ip.magics_manager.magics["cell"]
+    finally:
+        ip.run_line_magic("load_ext", "ptt_nb")
+    assert "ptt" in ip.magics_manager.magics["line"]
+    assert magics.LINE_HELP.startswith("%ptt")

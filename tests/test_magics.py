@@ -21,8 +21,8 @@ from IPython.utils.capture import capture_output  # noqa: E402
 
 from ptt_nb import magics  # noqa: E402
 from ptt_nb.events import Control  # noqa: E402
-from ptt_nb.runfolder import load_run, read_events  # noqa: E402
 from ptt_nb.rules.custom import load_rule_file  # noqa: E402
+from ptt_nb.runfolder import load_run, read_events  # noqa: E402
 from ptt_nb.session import SESSION, Applier  # noqa: E402
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run"

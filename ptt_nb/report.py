@@ -112,6 +112,15 @@ def _value_at(steps: np.ndarray, values: np.ndarray, step: int, log_y: bool) -> 
     return None
 
 
+def _flat_range(value: float, log_y: bool):
+    from bokeh.models import Range1d
+
+    if log_y:
+        return Range1d(value / 2, value * 2)
+    pad = abs(value) * 0.5 or 1.0
+    return Range1d(value - pad, value + pad)
+
+
 def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x_range: Any, last_step: int):
     from bokeh.models import BoxAnnotation, ColumnDataSource, HoverTool, Label, Legend, Span
     from bokeh.plotting import figure
@@ -127,6 +136,7 @@ def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x
     legend_items = []
     lines = []
     first: tuple[np.ndarray, np.ndarray] | None = None
+    lo, hi = math.inf, -math.inf
     for i, s in enumerate(spec["series"]):
         series = monitor.history.get(s["key"], s.get("split", "train"))
         if series is None or len(series) == 0:
@@ -136,6 +146,8 @@ def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x
             first = (steps, values)
         colour = PALETTE[i % len(PALETTE)]
         x, y = _plot_arrays(steps, values, log_y)
+        if np.isfinite(y).any():
+            lo, hi = min(lo, float(np.nanmin(y))), max(hi, float(np.nanmax(y)))
         source = ColumnDataSource({"x": x, "y": y})
         dash = "dashed" if s.get("split") == "eval" else "solid"
         line = fig.line("x", "y", source=source, line_width=1.6, line_color=colour, line_dash=dash,
@@ -151,6 +163,8 @@ def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x
                                 color=SEVERITY_COLOURS["critical"])
             fig.add_tools(HoverTool(renderers=[marks], tooltips=[("step", "@x{0}"), ("value", "@value")]))
             legend_items.append((f"{s.get('label', s['key'])}: non-finite", [marks]))
+    if lo <= hi and hi - lo <= 1e-9 * max(abs(hi), 1e-30):
+        fig.y_range = _flat_range(lo, log_y)  # a constant series (e.g. a constant LR) would sit on a blank axis
     if lines:
         fig.add_tools(HoverTool(renderers=lines, tooltips=[("series", "$name"), ("step", "@x{0}"),
                                                            ("value", "@y{0.0000g}")], mode="mouse"))
@@ -161,7 +175,8 @@ def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x
         fig.add_layout(Span(location=y, dimension="width", line_color="#555555", line_dash="dotted",
                             line_width=1.2))
         if ref.get("label"):
-            fig.add_layout(Label(x=6, y=y, x_units="screen", text=ref["label"], text_font_size="9pt",
+            # at the right end, away from the top-left legend
+            fig.add_layout(Label(x=last_step, y=y, text=ref["label"], text_font_size="9pt", text_align="right",
                                  text_color="#555555", y_offset=2))
     panel_alerts = [a for a in alerts if spec.get("id") in (a.panels or [])]
     if panel_alerts:
@@ -310,7 +325,8 @@ def _header_html(monitor: Monitor) -> str:
     assert run is not None
     end = monitor.end_event
     max_steps = monitor.max_steps
-    steps = f"{monitor.step}" + (f" / {max_steps}" if max_steps else "")
+    last = max(monitor.step, end.step if end else 0)
+    steps = f"{last}" + (f" / {max_steps}" if max_steps else "")
     state = monitor.state
     reason = end.reason if end else "(no run_end event: still running, or the process was killed)"
     t_end = end.t if end else None

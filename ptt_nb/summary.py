@@ -79,8 +79,9 @@ def summarize(run: Monitor | str | os.PathLike[str]) -> str:
         return "ptt_nb: this run has no run_start event yet."
     end = monitor.end_event
     ended = f"ended: {end.reason}" + (f" ({end.detail})" if end and end.detail else "") if end else "running"
+    step = max(monitor.step, end.step if end else 0)
     lines = [f"{monitor.profile.display} run {start.run_id} · {start.trainer} · step "
-             f"{progress(monitor.step, monitor.max_steps)} · {ended}"]
+             f"{progress(step, monitor.max_steps)} · {ended}"]
     if monitor.run_dir is not None:
         lines.append(f"run folder: {monitor.run_dir}")
     metrics = key_metrics(monitor)

@@ -37,7 +37,7 @@ def ev(text: str, ctx: Context | None = None):
     return compile_expr(text).evaluate(ctx or make_ctx())
 
 
-# -- grammar and values ----------------------------------------------------------------------------------------
+# -- grammar and values ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", [
     ("loss", 10.0),
@@ -159,7 +159,7 @@ def test_split_for():
         split_for("loss > 2 for 3 steps and x")
 
 
-# -- runtime errors -----------------------------------------------------------------------------------------------
+# -- runtime errors -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, message", [
     ("log(`rewards/margins` - 5)", "log() of a negative number"),
@@ -269,7 +269,7 @@ def test_expression_must_be_text():
         compile_expr(3)
 
 
-# -- hostile input ----------------------------------------------------------------------------------------------------
+# -- hostile input --------------------------------------------------------------------------------------------------
 
 HOSTILE = [
     "().__class__",
@@ -329,7 +329,7 @@ def test_huge_numbers_do_not_hang():
         compile_expr("1" * 400 + " > loss")
 
 
-# -- message templates ------------------------------------------------------------------------------------------------
+# -- message templates ----------------------------------------------------------------------------------------------
 
 def test_template_renders_values_metrics_and_subexpressions():
     t = compile_template("v={value:.2f} loss={loss} m={`rewards/margins`:+.1f} w={mean(loss, 3):.1f} "

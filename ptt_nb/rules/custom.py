@@ -301,20 +301,21 @@ def rule(id: str | None = None, *, keys: Iterable[str], severity: str = "medium"
     if not keys or not all(isinstance(k, str) and k for k in keys):
         raise RuleError("@rule needs keys=[...]: the log keys whose arrival triggers the check, e.g. keys=['loss']")
 
+    where = f"@rule(id={id!r})" if id else "@rule"
+    spec = dict(keys=keys, severity=_check_severity(severity, where),
+                message=compile_template(message) if message else None, title=title, action=action,
+                reference=reference, url=_check_url(url, where), algorithms=_check_algorithms(algorithms, where),
+                panels=list(panels), splits=list(splits) if splits else None,
+                for_steps=_check_int(for_steps, "for_steps", 1, MAX_FOR, where),
+                cooldown=_check_int(cooldown, "cooldown", 0, 1_000_000, where))
+
     def wrap(fn: Callable[[Context], Any]) -> RuleFunction:
         if not callable(fn):
             raise RuleError("@rule decorates a function fn(ctx)")
         rid = id or getattr(fn, "__name__", "")
-        where = f"@rule {getattr(fn, '__qualname__', rid)}"
-        _check_id(rid, where)
-        _check_severity(severity, where)
-        spec = dict(id=rid, keys=keys, severity=severity,
-                    message=compile_template(message) if message else None, title=title, action=action,
-                    reference=reference, url=_check_url(url, where), algorithms=_check_algorithms(algorithms, where),
-                    panels=list(panels), splits=list(splits) if splits else None,
-                    for_steps=_check_int(for_steps, "for_steps", 1, MAX_FOR, where),
-                    cooldown=_check_int(cooldown, "cooldown", 0, 1_000_000, where), source=where)
-        return RuleFunction(fn, spec)
+        source = f"@rule {getattr(fn, '__qualname__', rid)}"
+        _check_id(rid, source)
+        return RuleFunction(fn, {**spec, "id": rid, "source": source})
 
     return wrap
 
@@ -397,7 +398,7 @@ class _Doc:
             return loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            msg = f"YAML error: {exc.problem or exc.context}"
+            msg = "YAML error: " + ", ".join(x for x in (exc.context, exc.problem) if x)
             if "`" in (exc.problem or "") or "'`'" in str(exc):
                 msg += ("; a value cannot start with a backtick in YAML: quote the whole expression "
                         "(when: \"`rewards/margins` < 0\") or write m(\"rewards/margins\")")
@@ -485,7 +486,7 @@ _CONSTRUCTOR = yaml.SafeLoader("")
 def _one_line(text: str) -> bool:
     """A string that is an expression rather than YAML: no ``key:`` or ``- `` line start (no expression has one)."""
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
-    return not re.match(r"^\s*(-\s|-$|[A-Za-z_][\w-]*\s*:)", first)
+    return not re.match(r"^\s*(-\s|-$|---|%|[A-Za-z_][\w-]*\s*:)", first)
 
 
 def parse_rules(text: str, source: str = "<string>", *, known_keys: Iterable[str] | None = None) -> list[Rule]:
@@ -496,6 +497,8 @@ def parse_rules(text: str, source: str = "<string>", *, known_keys: Iterable[str
     if len(text.encode()) > MAX_FILE_BYTES:
         raise RuleSyntaxError(f"rule text too large ({len(text.encode())} bytes; the limit is {MAX_FILE_BYTES})",
                               source=source)
+    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
+        return []
     if _one_line(text):
         rules: list[Rule] = [_expression_rule(text.strip(), source)]
     else:

@@ -221,8 +221,22 @@ class WatchView:
             self._last_step_printed = self.monitor.step
 
 
+def _wait_for_run(path: str, timeout: float, interval: float) -> Path:
+    """``--wait``: the folder (or its first run) may not exist yet when watch starts before training does."""
+    start = time.monotonic()
+    print(f"waiting for a run in {path} …", flush=True)
+    while True:
+        try:
+            return resolve_run_dir(path)
+        except CLIError:
+            if timeout and time.monotonic() - start > timeout:
+                raise CLIError(f"{path}: no run appeared within {timeout:g}s") from None
+            time.sleep(interval)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
-    run_dir = resolve_run_dir(args.run_dir)
+    run_dir = _wait_for_run(args.run_dir, args.idle_timeout, args.interval) if args.wait else \
+        resolve_run_dir(args.run_dir)
     follower = Follower(run_dir)
     monitor = Monitor(evaluate=False)  # alerts come recorded from the file; re-evaluating would duplicate them
     monitor.run_dir = run_dir
@@ -405,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="follow a run folder that another process is writing")
     watch.add_argument("run_dir", metavar="RUN_DIR")
     watch.add_argument("--once", action="store_true", help="print the current state and exit")
+    watch.add_argument("--wait", action="store_true", help="wait for the run folder to appear (start before training)")
     watch.add_argument("--interval", type=float, default=0.5, help="seconds between polls (default 0.5)")
     watch.add_argument("--line-every", type=float, default=10.0,
                        help="without a terminal: seconds between progress lines (default 10)")

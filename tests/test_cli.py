@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -198,3 +199,63 @@ def test_watch_gives_up_when_the_writer_goes_silent(synthetic: Path, tmp_path: P
     (live / "events.jsonl").write_bytes(b"".join(lines[:5]))
     proc = cli("watch", str(live), "--interval", "0.05", "--idle-timeout", "0.5", timeout=60)
     assert proc.returncode == 3 and "no new event" in proc.stdout
+
+
+def test_watch_waits_for_a_run_that_starts_later(synthetic: Path, tmp_path: Path) -> None:
+    root = tmp_path / "later"
+    proc = subprocess.Popen([sys.executable, "-m", "ptt_nb.cli", "watch", str(root), "--wait", "--interval", "0.05",
+                             "--idle-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        assert proc.stdout.readline().startswith("waiting for a run in")
+        time.sleep(0.3)
+        shutil.copytree(synthetic, root / "run")  # the training process creates its run folder only now
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "run ended at step 200: exception" in out
+
+
+def test_watch_ctrl_c_exits_quietly(synthetic: Path, tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "events.jsonl").write_bytes((synthetic / "events.jsonl").read_bytes().splitlines(keepends=True)[0])
+    proc = subprocess.Popen([sys.executable, "-m", "ptt_nb.cli", "watch", str(live), "--interval", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert proc.stdout.readline().startswith("watching DPO run")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+def test_watch_view_progress_eta_and_terminal_redraw() -> None:
+    """In-process: the progress line, the ETA from recorded event times, and in-place redraw on a terminal."""
+    import io
+
+    from ptt_nb.cli import WatchView
+    from ptt_nb.events import Alert, Metrics, RunStart
+    from ptt_nb.monitor import Monitor
+
+    monitor = Monitor(evaluate=False)
+    buf = io.StringIO()
+    view = WatchView(monitor, buf, tty=True, width=120)
+    events = [RunStart(run_id="r", trainer="DPOTrainer", algorithm="dpo", max_steps=100, t=1000.0)]
+    events += [Metrics(step=s, split="train", values={"loss": 0.7 - s / 100}, t=1000.0 + 2 * s) for s in range(1, 26)]
+    events.append(Alert(id="a@20", rule="some_rule", severity="high", step=20, message="look", action="do this"))
+    for event in events:
+        monitor.apply(event)
+        view.on_event(event)
+    assert view.eta_s() == pytest.approx(75 * 2.0)  # 2 s per step, 75 steps to go
+    line = view.progress_line()
+    assert line.startswith("[#####...............] 25/100  25% ETA 2:30") and "loss=0.45" in line
+    view.tick()
+    view.println("next")
+    text = buf.getvalue()
+    assert "[HIGH] some_rule (step 20, active): look\n    → do this\n" in text
+    assert "\r\x1b[K[#####" in text and text.endswith("\r\x1b[Knext\n")  # the progress line is cleared first

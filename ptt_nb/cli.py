@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a tiny headless training run on CPU with alerts on the console")
     demo.add_argument("--algorithm", default="dpo", help="sft, dpo, kto, orpo, cpo, grpo, rloo, online_dpo, reward")
     demo.add_argument("--steps", type=int, default=30, help="optimizer steps (default 30)")
-    demo.add_argument("--out", default="ptt_nb_demo", help="folder for the model, trainer output and run folder")
+    demo.add_argument("--out", default="ptt_runs/demo",
+                      help="folder for the tiny model, trainer output and run folder (default ptt_runs/demo)")
     demo.add_argument("--provoke", choices=PROVOCATIONS, default="none",
                       help="inject a pathology: NaN weights half-way (nan) or a zero learning rate (lr0)")
     demo.add_argument("--stop-on-critical", action=argparse.BooleanOptionalAction, default=True,

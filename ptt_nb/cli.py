@@ -371,11 +371,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(summarize(monitor) if monitor is not None else "ptt-nb demo: no run was recorded")
     if monitor is not None and not args.no_report:
-        from .report import write_at_end
-
-        report = write_at_end(monitor)
-        if report is not None:
-            print(f"report: {report}")
+        try:
+            from .report import write_at_end
+        except ImportError as exc:
+            print(f"ptt-nb demo: no HTML report ({exc})", file=sys.stderr)
+        else:
+            report = write_at_end(monitor)
+            if report is not None:
+                print(f"report: {report}")
     print(f"run folder: {run_dir}  ({elapsed:.1f}s)")
     print(f"next: ptt-nb summary {run_dir} · ptt-nb report {run_dir} · ptt-nb watch {run_dir} --once")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -21,6 +22,9 @@ from .decimate import minmax_decimate
 from .events import SEVERITY_RANK, Alert, RankStats
 from .monitor import Monitor
 from .summary import where_it_died
+
+if importlib.util.find_spec("bokeh") is None:  # fail at import, where callers already expect it
+    raise ImportError("the HTML report needs bokeh: pip install 'ptt-nb[report]'")
 
 REPORT_FILE = "report.html"
 MAX_POINTS = 1200  # per series: ~1 point per pixel of a wide panel; extremes survive decimation

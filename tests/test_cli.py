@@ -259,3 +259,14 @@ def test_watch_view_progress_eta_and_terminal_redraw() -> None:
     text = buf.getvalue()
     assert "[HIGH] some_rule (step 20, active): look\n    → do this\n" in text
     assert "\r\x1b[K[#####" in text and text.endswith("\r\x1b[Knext\n")  # the progress line is cleared first
+
+
+def test_report_without_bokeh_is_a_one_line_error(synthetic: Path, tmp_path: Path) -> None:
+    # bokeh is installed here; a shadowing package that fails to import stands in for a missing one
+    fake = tmp_path / "shadow" / "bokeh"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'bokeh'\")\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake.parent), ENV.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "ptt_nb.cli", "report", str(synthetic)], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert_one_line_error(proc, "pip install 'ptt-nb[report]'")

@@ -344,13 +344,25 @@ class DiagnosticsCallback(TrainerCallback):
         if self._rank_stats is not None:
             self._rank_stats.step_begin(state.global_step)
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self._rank_stats is not None:
+            self._rank_stats.pre_optimizer_step()
+
+    def _stop_agreed(self) -> bool:
+        """Multi-process: a stop only this rank saw (the widget lives on rank 0) waits for the next rank-stats
+        gather, which tells every rank, so all stop at one step instead of the others hanging in a collective."""
+        rank_stats = self._rank_stats
+        if rank_stats is None or not rank_stats.enabled or (self.monitor.stop_info or {}).get("by") == "auto_stop":
+            return True
+        return rank_stats.stop_agreed
+
     def on_step_end(self, args, state, control, **kwargs):
         monitor = self.monitor
         if monitor is None:
             return
         if self._rank_stats is not None:
             self._rank_stats.step_end(state.global_step)
-        if monitor.step_end(state.global_step):
+        if monitor.step_end(state.global_step) and self._stop_agreed():
             control.should_training_stop = True
             if not monitor.profile.honours_stop:
                 reason = monitor.end_reason_for_normal_return()
@@ -370,7 +382,7 @@ class DiagnosticsCallback(TrainerCallback):
         else:
             split = "train"
         monitor.log(state.global_step, values, split)
-        if monitor.stop_requested:
+        if monitor.stop_requested and self._stop_agreed():
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -385,8 +397,16 @@ class DiagnosticsCallback(TrainerCallback):
         monitor = self.monitor
         step = self._state.global_step if self._state is not None else monitor.step
         try:
+            dist_info = None
+            if reason != "finished" and self._rank_stats is not None:  # which rank failed, when rank 0 can tell
+                dist_info = self._rank_stats.failure_report(reason)
+                if dist_info and dist_info.get("failed_ranks"):
+                    detail = f"{dist_info['summary']}; {detail}" if detail else dist_info["summary"]
+                    reason = "rank_failure"
             if reason != "finished" and self.rank == 0 and self.run_dir is not None:
                 data = postmortem.build(monitor, reason, step=step, traceback=traceback, detail=detail)
+                if dist_info:
+                    data["distributed"] = dist_info
                 postmortem.write(self.run_dir, data)
                 monitor.postmortem = data
             monitor.finish(reason, step=step, detail=detail)

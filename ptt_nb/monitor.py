@@ -66,6 +66,7 @@ class Monitor:
         self._rate: float | None = None
         self._last_step_t: tuple[int, float] | None = None
         self._other_keys: list[str] = []
+        self._train_keys: tuple[str, ...] = ()
         self._profile_keys: list[str] = []
         self.warnings: list[str] = []
         self.run_dir: Any = None  # set by the callback or the reader
@@ -117,9 +118,12 @@ class Monitor:
                 if value is not None:
                     values[name] = value
         if split == "train":
-            for key in values:
-                if key not in self.history and key not in self._other_keys and not self._is_profile_key(key):
-                    self._other_keys.append(key)
+            keys = tuple(values)
+            if keys != self._train_keys:  # TRL logs the same keys every step: look for new ones only on a change
+                self._train_keys = keys
+                for key in values:
+                    if key not in self.history and key not in self._other_keys and not self._is_profile_key(key):
+                        self._other_keys.append(key)
         self.history.add(step, split, values)
         self.emit(Metrics(step=step, split=split, values=values) if t is None else
                   Metrics(step=step, split=split, values=values, t=t))
@@ -156,11 +160,20 @@ class Monitor:
             self.alerts.append(alert)
         self.emit(alert)
 
-    def add_rank_stats(self, stats: RankStats) -> None:
+    def add_rank_stats(self, stats: RankStats) -> list[Alert]:
+        """Record one interval of per-rank stats and run the distributed heuristics on it (live and replay)."""
         self.rank_stats.append(stats)
         if len(self.rank_stats) > 4096:  # bounded: keep the newest intervals
             del self.rank_stats[:1024]
         self.emit(stats)
+        if not self.evaluate or self.run is None:
+            return []
+        from .rules.distributed_rules import RANK_SPLIT, rank_values
+
+        alerts = self.engine.evaluate(stats.step, RANK_SPLIT, rank_values(stats))
+        if alerts:
+            self._publish_alerts(alerts)
+        return alerts
 
     def step_end(self, step: int, t: float | None = None) -> bool:
         """Called at every optimizer-step boundary; returns True when training should stop now."""

@@ -54,7 +54,9 @@ class NonFiniteValues(Rule):
 
 def default_rules() -> list[Rule]:
     """Fresh instances of every built-in rule (rules keep per-run state)."""
-    rules: list[Rule] = [NonFiniteValues()]
+    from .distributed_rules import distributed_rules
+
+    rules: list[Rule] = [NonFiniteValues(), *distributed_rules()]
     try:
         from .catalog import catalog_rules
     except ImportError:

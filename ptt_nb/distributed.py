@@ -1,0 +1,593 @@
+"""Multi-process runs (torchrun, ``accelerate launch``, DeepSpeed/FSDP through accelerate, ``notebook_launcher``).
+
+Every rank measures its own steps; every ``every`` steps the ranks exchange one small packed float64 vector with a
+single ``all_gather_into_tensor`` on the process group's own device (cuda for NCCL, cpu for gloo), and rank 0
+publishes a ``RankStats`` event. The heuristics in ``rules.distributed_rules`` read those events, live and in a
+replayed run folder alike.
+
+What is measured, and why this way:
+- a synchronous gradient all-reduce makes every rank's *step* time equal to the slowest rank's, so step time
+  cannot find a straggler. ``compute_ms`` is the local forward+backward time: from ``on_step_begin`` to the end of
+  the local backward pass (an autograd callback queued from a gradient hook; it runs before DDP's final wait
+  for the all-reduce). ``wait_ms`` is from there to ``on_pre_optimizer_step``: the all-reduce wait (plus the
+  gradient clipping). On CUDA both are CUDA events on the compute stream, read once per interval, so nothing
+  synchronises per step.
+- ``data_ms`` is the time between ``on_step_end`` and the next ``on_step_begin``: the data-loader fetch for the
+  next step (transformers prefetches the micro-batches there), plus logging, evaluation and checkpointing.
+- memory: torch.cuda allocated / reserved / peak allocated and the device's total memory; on CPU, the process
+  RSS (``/proc/self/statm``), the peak RSS (``getrusage``) and a limit taken from ``PTT_NB_MEMORY_LIMIT_MB`` or
+  the host's (cgroup-aware) memory divided by the processes on this host.
+
+Failures: a rank that dies leaves the others blocked in a collective until the process group times out (or the
+launcher kills them). Rank 0 runs a small watchdog thread that checks, once a second, whether the processes of
+the ranks on its own host are still alive; the first dead one is recorded at once as a ``rank_failure`` alert
+and a provisional ``postmortem.json`` (so the record survives even a SIGKILL from the launcher), and the
+callback's own postmortem names the rank. Ranks on other hosts cannot be checked from here; the postmortem then
+lists the last step each rank reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from . import events
+
+log = logging.getLogger("ptt_nb")
+
+# Start with a gather every DEFAULT_EVERY steps; when ``every`` is left to us, the interval is then widened so the
+# gather costs under BUDGET of the step time (measured: ~0.3 ms per gather on gloo/CPU with 2 ranks, so 10 steps
+# of even a 30 ms tiny-model step cost ~0.1%).
+DEFAULT_EVERY = 10
+MIN_EVERY = 2
+MAX_EVERY = 500
+BUDGET = 0.01
+
+# Published per-rank metrics, in heatmap order (compute first: that is where a straggler shows).
+PUBLISHED = ("compute_ms", "wait_ms", "data_ms", "optim_ms", "step_ms", "samples_per_s", "tokens_per_s",
+             "mem_allocated_mb", "mem_reserved_mb", "mem_peak_mb", "mem_limit_mb", "gather_ms", "step")
+# The packed vector: published metrics, then bookkeeping that only rank 0's watchdog and the interval logic use.
+FIELDS = PUBLISHED + ("steps", "pid", "host", "stop", "compute_fallback")
+INDEX = {name: i for i, name in enumerate(FIELDS)}
+
+_NAN = float("nan")
+
+
+def _host_id() -> float:
+    """A float-exact (< 2**31) id of this host, to tell which ranks share it."""
+    return float(zlib.crc32(socket.gethostname().encode()) & 0x7FFFFFFF)
+
+
+def _pid_alive(pid: int) -> bool:
+    """False for a process that is gone or a zombie (a killed child stays a zombie until its launcher reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X", b"x")
+
+
+def _cpu_limit_mb() -> float:
+    """Memory one rank may use on a CPU run: ``PTT_NB_MEMORY_LIMIT_MB``, else host (cgroup) memory / local ranks."""
+    env = os.environ.get("PTT_NB_MEMORY_LIMIT_MB")
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            pass
+    total = _NAN
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    total = float(line.split()[1]) / 1024
+                    break
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            total = min(total, int(raw) / 2**20) if math.isfinite(total) else int(raw) / 2**20
+        break
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return total / max(local, 1)
+
+
+class _Clock:
+    """Timestamps for one step: CPU ``perf_counter`` on CPU runs, CUDA events (read later) on GPU runs."""
+
+    def __init__(self, device: Any) -> None:
+        self.cuda = device is not None and getattr(device, "type", "") == "cuda"
+        self.device = device
+        self._pool: list[Any] = []
+        self._torch = sys.modules.get("torch")
+
+    def mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        pool = self._pool
+        event = pool.pop() if pool else self._torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def elapsed_ms(self, a: Any, b: Any) -> float:
+        if a is None or b is None:
+            return _NAN
+        if not self.cuda:
+            return (b - a) * 1e3
+        return float(a.elapsed_time(b))
+
+    def release(self, *marks: Any) -> None:
+        if self.cuda:
+            self._pool.extend(m for m in marks if m is not None)
+
+    def sync(self, mark: Any) -> None:
+        if self.cuda and mark is not None:
+            mark.synchronize()
+
+
+class RankStatsCollector:
+    """Per-rank timing/memory for one training run; one packed all-gather per interval.
+
+    Built by ``DiagnosticsCallback`` when the world size is above 1 (``RankStatsCollector.create``); every rank
+    has one. ``every=None`` picks the interval adaptively (same decision on every rank: it is computed from the
+    gathered data, which all ranks share, so no extra collective is needed to agree on it).
+    """
+
+    def __init__(self, callback: Any, args: Any, *, every: int | None = None, group: Any = None,
+                 memory_limit_mb: float | None = None, watchdog: bool = True) -> None:
+        import torch
+        import torch.distributed as dist
+
+        self.torch, self.dist = torch, dist
+        self.callback = callback
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.fixed_every = every is not None
+        self.every = max(1, int(every)) if every is not None else DEFAULT_EVERY
+        self.next_gather: int | None = None
+        backend = str(dist.get_backend(group)).lower()
+        use_cuda = "nccl" in backend and torch.cuda.is_available()
+        self.comm_device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.cuda = torch.cuda.is_available() and self._training_on_cuda(args)
+        self.mem_device = torch.device("cuda", torch.cuda.current_device()) if self.cuda else None
+        self.clock = _Clock(self.mem_device)
+        accum = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+        self.samples_per_step = float(getattr(args, "per_device_train_batch_size", 0) or 0) * accum
+        self.memory_limit_mb = memory_limit_mb
+        self.host = _host_id()
+        self.pid = os.getpid()
+        self._send = torch.zeros(len(FIELDS), dtype=torch.float64, device=self.comm_device)
+        self._recv = torch.zeros(self.world_size * len(FIELDS), dtype=torch.float64, device=self.comm_device)
+        self._reset_interval()
+        self._hooks: list[Any] = []
+        self._model_hooked = False
+        self._hooked_any = False
+        self._depth = 0
+        self._span_start: Any = None
+        self._in_backward = False
+        self._bwd_start: Any = None
+        self._cur: dict[str, Any] = {}
+        self._t_ready: float | None = None     # CPU time when the previous step (and any gather) was done
+        self._t_last_end: float | None = None  # CPU time of the previous on_step_end
+        self._last_gather_ms = _NAN
+        self._tokens = 0
+        self.enabled = True
+        self.stop_agreed = False
+        self.stop_origin: int | None = None
+        self.last: dict[str, list[float]] | None = None  # newest gathered values, per field
+        self.peers: dict[int, tuple[float, int]] = {}   # rank -> (host id, pid), learned from the gathers
+        self.failure: dict[str, Any] | None = None
+        self._closed = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_enabled = watchdog and self.rank == 0
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, callback: Any, args: Any, *, every: int | None = None, **kwargs: Any) -> RankStatsCollector | None:
+        """A collector, or None (with one log line) when there is no initialised process group to gather over."""
+        dist = sys.modules.get("torch.distributed")
+        if dist is None:
+            import torch.distributed as dist
+        try:
+            ready = dist.is_available() and dist.is_initialized()
+        except Exception:  # noqa: BLE001
+            ready = False
+        if not ready:
+            log.info("ptt_nb: WORLD_SIZE > 1 but torch.distributed is not initialised; per-rank stats are off")
+            return None
+        try:
+            return cls(callback, args, every=every, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never stop training
+            log.warning("ptt_nb: per-rank stats are off (%s: %s)", type(exc).__name__, exc)
+            return None
+
+    @staticmethod
+    def _training_on_cuda(args: Any) -> bool:
+        device = getattr(args, "device", None)
+        return getattr(device, "type", None) == "cuda" and not getattr(args, "use_cpu", False)
+
+    def _reset_interval(self) -> None:
+        self._acc = {"steps": 0, "data_ms": 0.0}
+        self._steps: list[tuple[Any, Any, Any]] = []   # (begin, pre, end) marks per step
+        self._spans: list[tuple[Any, Any]] = []        # (start, end) marks of forward and backward passes
+        self._t_interval_start: float | None = None
+        self._tokens_interval = 0
+
+    # -- hooks on the models ------------------------------------------------------------------------------------
+    def _hook_model(self) -> None:
+        """Forward pre/post hooks on the trainer's models, and a gradient hook on the policy's output that marks
+        the start of the backward pass and queues an autograd callback marking its end."""
+        self._model_hooked = True
+        trainer = getattr(self.callback, "trainer", None)
+        module_cls = self.torch.nn.Module
+        models: list[Any] = []
+        for name in ("model", "ref_model", "reward_model", "value_model", "teacher_model"):
+            m = getattr(trainer, name, None)
+            if isinstance(m, module_cls) and all(m is not x for x in models):
+                models.append(m)
+        for m in getattr(trainer, "reward_funcs", None) or []:
+            if isinstance(m, module_cls) and all(m is not x for x in models):
+                models.append(m)
+        for i, m in enumerate(models):
+            try:
+                self._hooks.append(m.register_forward_pre_hook(self._fwd_pre if i == 0 else self._fwd_pre_other,
+                                                               prepend=True, with_kwargs=True))
+                self._hooks.append(m.register_forward_hook(self._fwd_post, always_call=True))
+            except TypeError:  # torch < 2.0 hook signature: no per-rank compute split
+                return
+        self._hooked_any = bool(models)
+
+    def _fwd_pre(self, _module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids") if kwargs else None
+        if ids is None and args:
+            ids = args[0]
+        numel = getattr(ids, "numel", None)
+        if numel is not None:
+            self._tokens += int(numel())
+        self._fwd_pre_other(_module, args, kwargs)
+
+    def _fwd_pre_other(self, _module: Any, _args: tuple, _kwargs: dict) -> None:
+        if self._depth == 0:
+            self._span_start = self.clock.mark()
+        self._depth += 1
+
+    def _fwd_post(self, _module: Any, _args: tuple, output: Any) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._span_start is not None:
+            self._spans.append((self._span_start, self.clock.mark()))
+            self._span_start = None
+        if self._in_backward or not self.torch.is_grad_enabled():
+            return
+        # every output tensor on the graph (logits, log-probs of a fused head, ...): the first whose gradient
+        # is computed marks the start of this backward pass; hooks on unused outputs never fire
+        tensor = self.torch.Tensor
+        if isinstance(output, tensor):
+            outs: Any = (output,)
+        elif hasattr(output, "values"):
+            outs = output.values()
+        elif isinstance(output, (tuple, list)):
+            outs = output
+        else:
+            return
+        for t in outs:
+            if isinstance(t, tensor) and t.requires_grad:
+                t.register_hook(self._on_output_grad)
+
+    def _on_output_grad(self, grad: Any) -> None:
+        if self._in_backward:
+            return
+        self._in_backward = True
+        self._bwd_start = self.clock.mark()
+        try:
+            self.torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+        except Exception:  # noqa: BLE001 - no final callbacks: this backward pass is not timed
+            self._in_backward = False
+            self.clock.release(self._bwd_start)
+            self._bwd_start = None
+
+    def _on_backward_end(self) -> None:
+        """Runs when autograd finishes the graph, before DDP's queued wait for the gradient all-reduce."""
+        if self._bwd_start is not None:
+            self._spans.append((self._bwd_start, self.clock.mark()))
+        self._bwd_start = None
+        self._in_backward = False
+
+    # -- per step ---------------------------------------------------------------------------------------------
+    def step_begin(self, global_step: int) -> None:
+        if not self.enabled:
+            return
+        if not self._model_hooked:
+            self._hook_model()
+        now = time.perf_counter()
+        if self._t_interval_start is None:
+            self._t_interval_start = now if self._t_last_end is None else self._t_last_end
+        if self._t_ready is not None:
+            self._acc["data_ms"] += (now - self._t_ready) * 1e3
+        self._cur = {"begin": self.clock.mark()}
+        self._tokens = 0
+
+    def pre_optimizer_step(self) -> None:
+        if self.enabled and "begin" in self._cur:
+            self._cur["pre"] = self.clock.mark()
+
+    def step_end(self, global_step: int) -> None:
+        if not self.enabled:
+            return
+        cur = self._cur
+        if "begin" in cur:
+            self._steps.append((cur["begin"], cur.get("pre"), self.clock.mark()))
+            self._acc["steps"] += 1
+            self._tokens_interval += self._tokens
+        self._cur = {}
+        now = time.perf_counter()
+        self._t_last_end = now
+        if self.next_gather is None:
+            self.next_gather = (global_step // self.every + 1) * self.every
+        if global_step >= self.next_gather:
+            try:
+                self._gather(global_step, now)
+            except Exception as exc:
+                self._collective_failed(exc, global_step)
+                raise
+        self._t_ready = time.perf_counter()
+
+    # -- the interval's gather ----------------------------------------------------------------------------------
+    def _local_values(self, global_step: int, now: float) -> list[float]:
+        acc = self._acc
+        clock = self.clock
+        if self._steps:
+            clock.sync(self._steps[-1][2])
+        inside = optim = 0.0
+        for begin, pre, end in self._steps:
+            inside += clock.elapsed_ms(begin, pre if pre is not None else end)
+            if pre is not None:
+                optim += clock.elapsed_ms(pre, end)
+            clock.release(begin, pre, end)
+        compute = 0.0
+        for a, b in self._spans:
+            compute += clock.elapsed_ms(a, b)
+            clock.release(a, b)
+        n = max(acc["steps"], 1)
+        wall = (now - self._t_interval_start) if self._t_interval_start is not None else _NAN
+        values = dict.fromkeys(FIELDS, _NAN)
+        values.update(
+            optim_ms=optim / n, data_ms=acc["data_ms"] / n, step_ms=wall * 1e3 / n, gather_ms=self._last_gather_ms,
+            step=float(global_step), steps=float(acc["steps"]), pid=float(self.pid), host=self.host,
+        )
+        if self._hooked_any:
+            values["compute_ms"] = compute / n
+            values["wait_ms"] = max(inside - compute, 0.0) / n
+        else:
+            values["compute_fallback"] = 1.0
+        if wall and wall > 0:
+            values["samples_per_s"] = self.samples_per_step * acc["steps"] / wall
+            if self._hooked_any:
+                values["tokens_per_s"] = self._tokens_interval / wall
+        values.update(self._memory())
+        monitor = getattr(self.callback, "monitor", None)
+        stop = monitor is not None and monitor.stop_requested and (monitor.stop_info or {}).get("by") != "auto_stop"
+        values["stop"] = 1.0 if stop else 0.0
+        return [values[name] for name in FIELDS]
+
+    def _memory(self) -> dict[str, float]:
+        torch = self.torch
+        if self.cuda:
+            dev = self.mem_device
+            return {
+                "mem_allocated_mb": torch.cuda.memory_allocated(dev) / 2**20,
+                "mem_reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
+                "mem_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
+                "mem_limit_mb": (self.memory_limit_mb if self.memory_limit_mb is not None else
+                                 torch.cuda.get_device_properties(dev).total_memory / 2**20),
+            }
+        out = {"mem_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+        try:
+            with open("/proc/self/statm") as f:
+                out["mem_allocated_mb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            pass
+        out["mem_limit_mb"] = self.memory_limit_mb if self.memory_limit_mb is not None else _cpu_limit_mb()
+        return out
+
+    def _gather(self, global_step: int, now: float) -> None:
+        torch, dist = self.torch, self.dist
+        local = self._local_values(global_step, now)
+        t0 = time.perf_counter()
+        self._send.copy_(torch.tensor(local, dtype=torch.float64))
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+        gather(self._recv, self._send, group=self.group)
+        rows = self._recv.view(self.world_size, len(FIELDS)).tolist()
+        self._last_gather_ms = (time.perf_counter() - t0) * 1e3
+        self._reset_interval()
+        columns = {name: [row[i] for row in rows] for name, i in INDEX.items()}
+        self.last = columns
+        for r in range(self.world_size):
+            self.peers[r] = (columns["host"][r], int(columns["pid"][r]))
+        self._agree_stop(columns)
+        self._schedule(columns, global_step)
+        if self.rank == 0:
+            self._publish(columns, global_step)
+            if self._watchdog_enabled and self._watchdog is None:
+                self._start_watchdog()
+
+    def _agree_stop(self, columns: dict[str, list[float]]) -> None:
+        """A user stop seen on any rank (the widget lives on rank 0) stops every rank at this same step."""
+        flags = [r for r, v in enumerate(columns["stop"]) if v > 0]
+        if flags and not self.stop_agreed:
+            self.stop_agreed = True
+            self.stop_origin = flags[0]
+            monitor = getattr(self.callback, "monitor", None)
+            if monitor is not None and not monitor.stop_requested:
+                monitor.request_stop(by="user", reason="user_stop")
+
+    def _schedule(self, columns: dict[str, list[float]], global_step: int) -> None:
+        """Next gather step. Deterministic in the gathered data, so every rank schedules the same step."""
+        if not self.fixed_every:
+            # the rank that reached the gather last did not wait in it: min over ranks is the collective's cost
+            costs = [c for c in columns["gather_ms"] if math.isfinite(c)]
+            steps = sorted(s for s in columns["step_ms"] if math.isfinite(s) and s > 0)
+            if costs and steps:
+                step_ms = steps[len(steps) // 2]
+                needed = math.ceil(min(costs) / (BUDGET * step_ms))
+                self.every = int(min(MAX_EVERY, max(MIN_EVERY, DEFAULT_EVERY, needed)))
+        ref = int(max(columns["step"])) if columns["step"] else global_step
+        self.next_gather = max(global_step, ref) + self.every
+
+    def _publish(self, columns: dict[str, list[float]], global_step: int) -> None:
+        monitor = getattr(self.callback, "monitor", None)
+        if monitor is None:
+            return
+        per_rank = {}
+        for name in PUBLISHED:
+            values = columns[name]
+            if all(not math.isfinite(v) for v in values):
+                continue  # e.g. mem_reserved_mb on CPU
+            per_rank[name] = [v if math.isfinite(v) else None for v in values]
+        monitor.add_rank_stats(events.RankStats(step=global_step, world_size=self.world_size, per_rank=per_rank))
+
+    # -- failures -------------------------------------------------------------------------------------------------
+    def _collective_failed(self, exc: BaseException, global_step: int) -> None:
+        self.enabled = False
+        log.warning("ptt_nb: the per-rank stats gather failed at step %s (%s: %s)", global_step,
+                    type(exc).__name__, exc)
+
+    def _start_watchdog(self) -> None:
+        local = [(r, pid) for r, (host, pid) in self.peers.items() if host == self.host and r != self.rank and pid > 0]
+        if not local:
+            return
+        self._watchdog = threading.Thread(target=self._watch, args=(local,), name="ptt_nb-rank-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    def _watch(self, local: list[tuple[int, int]]) -> None:
+        while not self._closed.wait(1.0):
+            dead = [(r, pid) for r, pid in local if not _pid_alive(pid)]
+            if dead:
+                self._record_failure(dead, source="watchdog")
+                return
+
+    def dead_ranks(self, settle_s: float = 0.0) -> list[tuple[int, int]]:
+        """Ranks on this host whose process is gone, waiting up to ``settle_s`` for an exit to complete."""
+        local = [(r, pid) for r, (host, pid) in self.peers.items() if host == self.host and r != self.rank and pid > 0]
+        deadline = time.monotonic() + settle_s
+        while True:
+            dead = [(r, pid) for r, pid in local if not _pid_alive(pid)]
+            if dead or time.monotonic() >= deadline or not local:
+                return dead
+            time.sleep(0.05)
+
+    def _record_failure(self, dead: list[tuple[int, int]], source: str) -> dict[str, Any]:
+        if self.failure is not None:
+            return self.failure
+        last_steps = self.last["step"] if self.last else []
+        ranks = [r for r, _ in dead]
+        names = ", ".join(f"rank {r} (pid {pid})" for r, pid in dead)
+        step = int(getattr(getattr(self.callback, "_state", None), "global_step", 0) or 0)
+        self.failure = {
+            "failed_ranks": ranks,
+            "summary": f"{names} exited while training was running (seen by rank 0 at step {step})",
+            "detected_by": source,
+            "detected_step": step,
+            "last_gathered_step_per_rank": [int(s) if math.isfinite(s) else None for s in last_steps],
+            "unchecked_ranks": sorted(r for r, (host, _) in self.peers.items() if host != self.host),
+        }
+        monitor = getattr(self.callback, "monitor", None)
+        if monitor is not None and self.rank == 0:
+            alert = events.Alert(
+                id=f"rank_failure@{step}", rule="rank_failure", severity="critical", step=step,
+                message=f"{names} died; the other ranks are blocked in a collective until the process group "
+                        "times out or the launcher stops them.",
+                action="Read that rank's own log (OOM killer: dmesg; a Python exception: the launcher's output). "
+                       "Lower the process-group timeout (TrainingArguments.ddp_timeout) to fail faster.",
+                evidence={"rank": float(ranks[0]), "step": float(step)})
+            try:
+                monitor.add_alert(alert)
+                self._provisional_postmortem(monitor, step)
+            except Exception as exc:  # noqa: BLE001 - best effort from a thread
+                log.warning("ptt_nb: could not record the rank failure: %s", exc)
+        return self.failure
+
+    def _provisional_postmortem(self, monitor: Any, step: int) -> None:
+        """Written by the watchdog at once: the launcher may SIGKILL rank 0 before its own handlers run."""
+        run_dir = getattr(self.callback, "run_dir", None)
+        if run_dir is None:
+            return
+        from . import postmortem
+
+        data = postmortem.build(monitor, "rank_failure", step=step, detail=self.failure["summary"])
+        data["distributed"] = self.failure
+        postmortem.write(run_dir, data)
+
+    def failure_report(self, reason: str) -> dict[str, Any] | None:
+        """For the callback's postmortem: which rank failed, if one on this host did (rank 0 only)."""
+        if self.rank != 0:
+            return None
+        if self.failure is None and self.peers:
+            # a peer's exit closes its sockets a moment before it becomes a zombie: allow it to settle
+            dead = self.dead_ranks(settle_s=1.0 if reason in ("exception", "sigterm") else 0.0)
+            if dead:
+                self._record_failure(dead, source=reason)
+        info: dict[str, Any] = dict(self.failure) if self.failure else {}
+        info["world_size"] = self.world_size
+        info["rank_stats_every"] = self.every
+        if self.last and "last_gathered_step_per_rank" not in info:
+            info["last_gathered_step_per_rank"] = [int(s) if math.isfinite(s) else None for s in self.last["step"]]
+        return info
+
+    def close(self) -> None:
+        self._closed.set()
+        self.enabled = False
+        for handle in self._hooks:
+            try:
+                handle.remove()
+            except Exception:  # noqa: BLE001
+                pass
+        self._hooks.clear()
+
+
+def watch(run_dir: str | os.PathLike[str], *, show: bool | None = None, interval: float = 0.2) -> Any:
+    """Follow a run folder that child processes write (``notebook_launcher``, a ``torchrun`` in a terminal).
+
+    ``run_dir`` is the folder given to ``DiagnosticsCallback(run_dir=...)``, or its parent (the newest run in
+    it is followed, and a run that does not exist yet is waited for). In a notebook the dashboard is shown.
+    Returns the ``Watcher``; ``.monitor`` holds the live state and ``.stop()`` ends the following.
+    """
+    from .watch import Watcher
+
+    watcher = Watcher(run_dir, interval=interval).start()
+    if show is None:
+        from .environment import in_notebook
+
+        show = in_notebook()
+    if show:
+        try:
+            from .widget import show as show_dashboard
+
+            watcher.dashboard = show_dashboard(watcher.monitor)  # type: ignore[attr-defined]
+        except ImportError as exc:
+            log.warning("ptt_nb: no dashboard (%s); the watcher still follows %s", exc, run_dir)
+    return watcher

@@ -111,6 +111,32 @@ def test_zscore_is_robust_against_the_window():
     assert ev("zscore(grad_norm, 50) > 6", ctx) is True
 
 
+@pytest.mark.parametrize("n", [5, 50, 128, 129, 300])
+def test_window_functions_match_numpy_for_small_and_large_windows(n):
+    """Windows up to 128 points run as Python lists, longer ones through numpy: both must agree with numpy."""
+    rng = np.random.default_rng(n)
+    steps = np.cumsum(rng.integers(1, 4, 400))
+    vals = rng.normal(0, 1, 400)
+    h = MetricHistory()
+    for s, v in zip(steps.tolist(), vals.tolist(), strict=True):
+        h.add(s, "train", {"x": v})
+    ctx = Context(history=h, step=int(steps[-1]))
+    w, prev = vals[-n:], vals[-n - 1:-1]
+    med = np.median(prev)
+    expected = {
+        "mean": w.mean(), "std": w.std(ddof=1), "median": np.median(w), "min": w.min(), "max": w.max(),
+        "slope": np.polyfit(steps[-n:].astype(float), w, 1)[0],
+        "zscore": (vals[-1] - med) / (1.4826 * np.median(np.abs(prev - med))),
+    }
+    for name, want in expected.items():
+        assert ev(f"{name}(x, {n})", ctx) == pytest.approx(want, rel=1e-9, abs=1e-12), name
+    h.add(int(steps[-1]) + 1, "train", {"x": float("nan")})
+    h.add(int(steps[-1]) + 2, "train", {"x": 1.0})
+    ctx.step = int(steps[-1]) + 2
+    for name in ("mean", "std", "median", "min", "max", "slope", "zscore"):
+        assert math.isnan(ev(f"{name}(x, {n})", ctx)), name  # a NaN in the window propagates
+
+
 def test_window_not_full_means_not_ready():
     ctx = make_ctx(5)
     expr = compile_expr("mean(loss, 6) > 0")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import Alert
-from ..history import MetricHistory
+from ..history import MetricHistory, Series
 from .custom import DslRule, as_rules, known_keys, metric_warnings
+from .dsl import split_of
 from .engine import Context, Engine, Rule, RuleError
 
 
@@ -76,22 +77,75 @@ def backtest_many(rules: Any, history: MetricHistory, *, algorithm: str = "gener
     return [_run(r, history, algorithm, config or {}, max_steps) for r in as_rules(rules)]
 
 
-def _points(history: MetricHistory, keys: list[tuple[str, str]] | None) -> list[tuple[int, str, dict[str, float]]]:
-    """The recorded log points (step, split, values) restricted to ``keys`` (None: all), in replay order."""
-    by_point: dict[tuple[int, int], dict[str, float]] = {}
-    wanted = history.series.items() if keys is None else [((sp, k), history.series[(sp, k)])
-                                                           for sp, k in keys if (sp, k) in history.series]
-    for (split, key), series in wanted:
-        if split not in ("train", "eval"):
-            continue
-        order = 0 if split == "train" else 1
-        steps, values = series.arrays()
-        for step, value in zip(steps.tolist(), values.tolist(), strict=True):
-            point = by_point.get((step, order))
-            if point is None:
-                point = by_point[(step, order)] = {}
-            point[key] = value
-    return [(step, "train" if order == 0 else "eval", vals) for (step, order), vals in sorted(by_point.items())]
+class _ReplayHistory(MetricHistory):
+    """A history that grows over recorded arrays: each series holds the full recorded columns and a log point
+    only advances its length, so a rule sees exactly the prefix it would have seen live, at O(1) per point."""
+
+    def __init__(self, recorded: MetricHistory, keys: list[tuple[str, str]] | None) -> None:
+        # deliberately not MetricHistory.__init__: the columns are ready-made, nothing is queued
+        self.cap = recorded.cap
+        self.latest: dict[str, float] = {}
+        self.latest_eval: dict[str, float] = {}
+        self.summary: dict[str, float] = {}
+        self.last_step = 0
+        self._pending: list = []
+        self._replay: dict[tuple[str, str], Series] = {}
+        self._full: dict[tuple[str, str], Series] = {}
+        source = recorded.series
+        for sk in (source if keys is None else keys):
+            if sk not in source or sk[0] not in ("train", "eval"):
+                continue
+            steps, values = source[sk].arrays()
+            s = Series(recorded.cap, initial=1)
+            s.steps, s.values, s.n = steps.copy(), values.copy(), 0
+            self._full[sk] = s
+        self._series = self._replay
+
+    @property
+    def series(self) -> dict[tuple[str, str], Series]:
+        return self._replay
+
+    @series.setter
+    def series(self, value: dict[tuple[str, str], Series]) -> None:
+        self._replay = value
+
+    def flush(self) -> None:
+        return None
+
+    def points(self) -> list[tuple[int, str, dict[str, float]]]:
+        """The recorded log points (step, split, values) in replay order: by step, train before eval; a key
+        logged twice at one step (a resumed run) starts a new point so each value is replayed once."""
+        events = []
+        lists: dict[tuple[str, str], list[float]] = {}
+        for sk, s in self._full.items():
+            order = 0 if sk[0] == "train" else 1
+            lists[sk] = s.values.tolist()
+            events.extend((step, order, i, sk) for i, step in enumerate(s.steps.tolist()))
+        events.sort()
+        out: list[tuple[int, str, dict[str, float]]] = []
+        current: tuple[int, int] | None = None
+        vals: dict[str, float] = {}
+        for step, order, i, sk in events:
+            key = sk[1]
+            if (step, order) != current or key in vals:
+                vals = {}
+                out.append((step, sk[0], vals))
+                current = (step, order)
+            vals[key] = lists[sk][i]
+        return out
+
+    def add(self, step: int, split: str, values: dict[str, float]) -> None:
+        """Advance the given series by one point (the values are the recorded ones, in order)."""
+        replay, full = self._replay, self._full
+        for key in values:
+            sk = (split, key)
+            s = replay.get(sk)
+            if s is None:
+                s = replay[sk] = full[sk]
+            s.n += 1
+        (self.latest if split == "train" else self.latest_eval).update(values)
+        if step > self.last_step:
+            self.last_step = step
 
 
 def _run(rule: Rule, history: MetricHistory, algorithm: str, config: dict[str, Any],
@@ -102,14 +156,14 @@ def _run(rule: Rule, history: MetricHistory, algorithm: str, config: dict[str, A
         rule.warnings = []
         rule._warned = True  # warnings go into the result instead of the log
     result = BacktestResult(rule_id=rule.id, severity=rule.severity)
-    replay = MetricHistory(cap=history.cap)
-    ctx = Context(history=replay, algorithm=algorithm, config=dict(config), max_steps=max_steps)
     if isinstance(rule, DslRule):
         result.warnings = metric_warnings(rule, known_keys(algorithm, history))
         keys = list(dict.fromkeys([*rule.metric_keys, *rule.keys]))
-        selection: list[tuple[str, str]] | None = [("eval" if k.startswith("eval_") else "train", k) for k in keys]
+        selection: list[tuple[str, str]] | None = [(split_of(k), k) for k in keys]
     else:
         selection = None  # a Python rule may read any key
+    replay = _ReplayHistory(history, selection)
+    ctx = Context(history=replay, algorithm=algorithm, config=dict(config), max_steps=max_steps)
     engine = Engine([rule], ctx)
     if rule.id not in engine.states:
         result.warnings.append(f"rule {rule.id!r} does not apply to algorithm {algorithm!r} (algorithms: "
@@ -118,7 +172,7 @@ def _run(rule: Rule, history: MetricHistory, algorithm: str, config: dict[str, A
         return result
     state = engine.states[rule.id]
     alerts = engine.start()
-    points = _points(history, selection)
+    points = replay.points()
     splits, rkeys = rule.splits, rule.keys
     for step, split, values in points:
         replay.add(step, split, values)

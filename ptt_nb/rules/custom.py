@@ -25,6 +25,7 @@ import yaml
 
 from .. import profiles
 from ..events import SEVERITIES
+from . import engine as _engine
 from .dsl import (
     MAX_FOR,
     DslRuntimeError,
@@ -40,13 +41,16 @@ from .dsl import (
 from .engine import Context, Finding, Rule, RuleError
 
 log = logging.getLogger("ptt_nb.rules")
+# "still holds" without building a message, for engines that support it (see engine.HOLD)
+_HOLD: Finding | None = getattr(_engine, "HOLD", None)
 
 MAX_FILE_BYTES = 1_000_000
 MAX_RULES_PER_FILE = 1000
 MAX_TEXT_FIELD = 4000
 FIELDS = ("id", "when", "for", "severity", "message", "title", "action", "reference", "url", "algorithms",
-          "panels", "keys", "cooldown")
-DEFAULT_FIELDS = ("severity", "algorithms", "panels", "reference", "url", "action", "cooldown", "for")
+          "panels", "keys", "cooldown", "warmup_steps", "warmup_frac", "once")
+DEFAULT_FIELDS = ("severity", "algorithms", "panels", "reference", "url", "action", "cooldown", "for", "warmup_steps",
+                  "warmup_frac", "once")
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,79}$")
 _ALLOWED_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 
@@ -146,7 +150,8 @@ class DslRule(Rule):
     def __init__(self, *, id: str, when: Expr, for_steps: int = 1, severity: str = "medium",
                  message: Template | None = None, title: str = "", action: str = "", reference: str = "",
                  url: str | None = None, algorithms: Iterable[str] | None = None, panels: Iterable[str] = (),
-                 keys: Iterable[str] | None = None, cooldown: int = 0, source: str = "custom") -> None:
+                 keys: Iterable[str] | None = None, cooldown: int = 0, warmup_steps: int = 0,
+                 warmup_frac: float = 0.0, once: bool = False, source: str = "custom") -> None:
         self.id = id
         self.expr = when
         self.for_steps = for_steps
@@ -164,6 +169,7 @@ class DslRule(Rule):
         self.metric_keys = tuple(dict.fromkeys([*when.keys, *(message.keys if message else ())]))
         self.splits = _splits(self.keys)
         self.cooldown = cooldown
+        self.warmup_steps, self.warmup_frac, self.once = warmup_steps, warmup_frac, once
         self.source = source
         self.warnings: list[str] = []
         self.streak = 0
@@ -196,6 +202,8 @@ class DslRule(Rule):
         self.streak += 1
         if self.streak < self.for_steps:
             return None
+        if _HOLD is not None and getattr(self, "is_active", False):
+            return _HOLD  # the open episode keeps its opening message: skip formatting a new one
         value = self.expr.value(ctx)
         evidence = {}
         if self.expr.value_fn is not None:
@@ -220,6 +228,7 @@ class FunctionRule(Rule):
                  message: Template | None = None, title: str = "", action: str = "", reference: str = "",
                  url: str | None = None, algorithms: Iterable[str] | None = None, panels: Iterable[str] = (),
                  splits: Iterable[str] | None = None, for_steps: int = 1, cooldown: int = 0,
+                 warmup_steps: int = 0, warmup_frac: float = 0.0, once: bool = False,
                  source: str = "python") -> None:
         self.fn = fn
         self.id = id
@@ -236,6 +245,7 @@ class FunctionRule(Rule):
         self.splits = tuple(splits) if splits else _splits(self.keys)
         self.for_steps = for_steps
         self.cooldown = cooldown
+        self.warmup_steps, self.warmup_frac, self.once = warmup_steps, warmup_frac, once
         self.source = source
         self.streak = 0
 
@@ -289,7 +299,8 @@ class RuleFunction:
 def rule(id: str | None = None, *, keys: Iterable[str], severity: str = "medium", message: str | None = None,
          title: str = "", action: str = "", reference: str = "", url: str | None = None,
          algorithms: Iterable[str] | None = None, panels: Iterable[str] = (), splits: Iterable[str] | None = None,
-         for_steps: int = 1, cooldown: int = 0) -> Callable[[Callable[[Context], Any]], RuleFunction]:
+         for_steps: int = 1, cooldown: int = 0, warmup_steps: int = 0, warmup_frac: float = 0.0,
+         once: bool = False) -> Callable[[Callable[[Context], Any]], RuleFunction]:
     """Turn ``fn(ctx) -> bool | Finding | str | None`` into a rule (full Python power, in your own code).
 
     ``keys`` are the log keys whose arrival runs the check (the Engine dispatches by key). ``message`` is a
@@ -307,7 +318,9 @@ def rule(id: str | None = None, *, keys: Iterable[str], severity: str = "medium"
                 reference=reference, url=_check_url(url, where), algorithms=_check_algorithms(algorithms, where),
                 panels=list(panels), splits=list(splits) if splits else None,
                 for_steps=_check_int(for_steps, "for_steps", 1, MAX_FOR, where),
-                cooldown=_check_int(cooldown, "cooldown", 0, 1_000_000, where))
+                cooldown=_check_int(cooldown, "cooldown", 0, 1_000_000, where),
+                warmup_steps=_check_int(warmup_steps, "warmup_steps", 0, 10**9, where),
+                warmup_frac=_check_frac(warmup_frac, "warmup_frac", where), once=_check_bool(once, "once", where))
 
     def wrap(fn: Callable[[Context], Any]) -> RuleFunction:
         if not callable(fn):
@@ -357,6 +370,18 @@ def _check_algorithms(algos: Any, where: str) -> list[str] | None:
             raise RuleError(f"{where}: unknown algorithm {a!r}{hint} Known: {', '.join(names)}")
         out.append(a)
     return out
+
+
+def _check_frac(v: Any, name: str, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise RuleError(f"{where}: {name} must be a number from 0 to 1, got {v!r}")
+    return float(v)
+
+
+def _check_bool(v: Any, name: str, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise RuleError(f"{where}: {name} must be true or false, got {v!r}")
+    return v
 
 
 def _check_int(v: Any, name: str, lo: int, hi: int, where: str) -> int:
@@ -646,9 +671,14 @@ def _yaml_rule(doc: _Doc, node: yaml.Node, defaults: dict[str, tuple[yaml.Node, 
     panels = _str_list(doc, merged, "panels")
     keys = _str_list(doc, merged, "keys")
     cooldown = checked(_check_int, "cooldown", get("cooldown", 0), "cooldown", 0, 1_000_000, "cooldown")
+    warmup_steps = checked(_check_int, "warmup_steps", get("warmup_steps", 0), "warmup_steps", 0, 10**9,
+                           "warmup_steps")
+    warmup_frac = checked(_check_frac, "warmup_frac", get("warmup_frac", 0.0), "warmup_frac", "warmup_frac")
+    once = checked(_check_bool, "once", get("once", False), "once", "once")
     return DslRule(id=rid, when=expr, for_steps=for_steps, severity=severity, message=message,
                    title=text("title"), action=text("action"), reference=text("reference"), url=url,
-                   algorithms=algorithms, panels=panels, keys=keys or None, cooldown=cooldown, source=where)
+                   algorithms=algorithms, panels=panels, keys=keys or None, cooldown=cooldown,
+                   warmup_steps=warmup_steps, warmup_frac=warmup_frac, once=once, source=where)
 
 
 def _str_list(doc: _Doc, merged: dict[str, tuple[yaml.Node, yaml.Node]], key: str) -> list[str]:

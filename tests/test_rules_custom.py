@@ -166,7 +166,7 @@ def test_hostile_packs_are_refused_and_run_nothing(tmp_path):
     assert ":5:23: when: tuples are not allowed" in str(info.value)
     # a billion-laughs pack is refused at the first alias, without expansion
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
     with pytest.raises(RuleSyntaxError, match="aliases"):
         parse_rules(laughs, "laughs.yaml")
     too_big = tmp_path / "big.yaml"
@@ -393,6 +393,38 @@ def test_backtest_matches_the_live_monitor():
     live.streak = 2
     backtest(live, history_from(margins))
     assert live.streak == 2
+
+
+def test_backtest_on_a_recorded_real_dpo_run_matches_live_evaluation():
+    """tests/data/recorded_run: a real tiny DPO run (TRL 1.16). Backtest == the rule live in a Monitor fed the same
+    events == an independent numpy reference."""
+    from ptt_nb.events import Alert
+    from ptt_nb.runfolder import load_run, read_events
+
+    recorded = REPO / "tests" / "data" / "recorded_run"
+    text = "mean(`rewards/margins`, 5) > 0.05 and slope(loss, 5) < 0 for 2 steps"
+    run = load_run(recorded)
+    result = backtest(text, run.history, algorithm=run.run.algorithm, config=run.run.config,
+                      max_steps=run.run.max_steps)
+    live = Monitor(extra_rules=parse_rules(text))
+    events, _problems = read_events(recorded)
+    for event in events:
+        if not isinstance(event, Alert):
+            live.apply(event)
+    rid = result.rule_id
+    live_steps = [a.step for a in live.alerts if a.rule == rid]
+    steps, margins = run.history.get("rewards/margins").arrays()
+    _, loss = run.history.get("loss").arrays()
+    expected, streak, active = [], 0, False
+    for i in range(len(steps)):
+        cond = i >= 4 and margins[i - 4:i + 1].mean() > 0.05 and np.polyfit(steps[i - 4:i + 1], loss[i - 4:i + 1],
+                                                                              1)[0] < 0
+        streak = streak + 1 if cond else 0
+        if streak >= 2 and not active:
+            expected.append(int(steps[i]))
+        active = streak >= 2
+    assert expected and result.steps == live_steps == expected
+    assert result.warnings == [] and result.checked == len(steps)
 
 
 def test_backtest_reports_errors_warnings_and_filters():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .events import Alert
 from .history import MetricHistory
 from .rules.engine import Rule, RuleError
 from .session import RuleSource
@@ -201,11 +202,20 @@ def _normalise(rule: Rule, result: Any) -> Backtest:
                     list(getattr(result, "warnings", []) or []))
 
 
+def marker_alerts(result: Backtest, panels: list[dict[str, Any]]) -> list[Alert]:
+    """The firings as Alert objects (state ``backtest``) on the rule's panels, or on the panels that plot the keys
+    it reads, for a dashboard to draw as markers."""
+    ids = list(result.panels) or [p["id"] for p in panels
+                                  if any(s.get("key") in result.keys for s in p.get("series", []))]
+    return [Alert(id=f"backtest:{result.rule_id}@{f.step}", rule=result.rule_id, severity=f.severity, step=f.step,
+                  message=f.message, evidence=dict(f.evidence), state="backtest", resolved_step=f.resolved_step,
+                  panels=ids) for f in result.firings]
+
+
 class BacktestView:
     """Where a rule would have fired: a short table and a small SVG of the series it reads, with markers."""
 
-    def __init__(self, rule_id: str, result: Backtest, history: MetricHistory, panels: list[dict] | None = None
-                 ) -> None:
+    def __init__(self, rule_id: str, result: Backtest, history: MetricHistory) -> None:
         self.rule_id, self.result, self.history = rule_id, result, history
 
     def summary(self) -> str:

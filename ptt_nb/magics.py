@@ -502,7 +502,24 @@ class PttMagics(Magics):
                                             max_steps=monitor.max_steps)
             except cellrules.CellError as exc:
                 raise UsageError(str(exc)) from None
-            display(cellrules.BacktestView(source.id, result, history, panels=monitor.panels()))
+            display(cellrules.BacktestView(source.id, result, history))
+            self._mark_dashboard(monitor, result)
+
+    def _mark_dashboard(self, monitor: Monitor, result: Any) -> None:
+        """Backtest firings as markers on the dashboard's panels, where the dashboard offers that.
+
+        They are never added to ``monitor.alerts`` (nor written to the run folder): they did not happen.
+        """
+        from . import cellrules
+
+        dash = SESSION.dashboard if monitor is SESSION.monitor else None
+        show_backtest = getattr(dash, "show_backtest", None)
+        if show_backtest is None:
+            return
+        try:
+            show_backtest(result.rule_id, cellrules.marker_alerts(result, monitor.panels()))
+        except Exception as exc:  # noqa: BLE001 - markers are a nicety; the table above has the facts
+            print(f"(could not mark the dashboard: {type(exc).__name__}: {exc})")
 
     def _save(self, path: str, cell: str, sources: list[RuleSource], severity: str | None) -> None:
         from . import cellrules

@@ -370,3 +370,53 @@ def test_unload_removes_the_magics(ip):
         ip.run_line_magic("load_ext", "ptt_nb")
     assert "ptt" in ip.magics_manager.magics["line"]
     assert magics.LINE_HELP.startswith("%ptt")
+
+
+# -- dashboard ------------------------------------------------------------------------------------------------------------
+def test_show_displays_one_dashboard_per_run(ip):
+    pytest.importorskip("anywidget")
+    out, err, exc = run(ip, f"%ptt replay {RECORDED}")
+    assert exc is None, err
+    first = SESSION.dashboard
+    assert type(first).__name__ == "Dashboard" and first.monitor is SESSION.monitor
+    with capture_output() as cap:
+        ip.run_cell("%ptt show")
+    assert any("application/vnd.jupyter.widget-view+json" in o.data for o in cap.outputs)
+    assert SESSION.dashboard is first  # the same widget, shown again
+
+
+class FakeDashboard:
+    """Stands in for a dashboard that can draw backtest markers (the real widget's API for it may differ)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def show_backtest(self, rule_id, alerts):
+        self.calls.append((rule_id, alerts))
+
+
+def test_backtest_firings_are_offered_to_the_dashboard_as_markers_not_alerts(ip):
+    run(ip, f"%ptt replay {RECORDED} --no-show")
+    SESSION.dashboard = fake = FakeDashboard()
+    monitor = SESSION.monitor
+    run(ip, "%%ptt --dry-run\n" + LOW_GRAD)
+    (rule_id, alerts), = fake.calls
+    assert rule_id == "low_grad" and [(a.step, a.resolved_step) for a in alerts] == [(6, 7), (14, None)]
+    assert {a.state for a in alerts} == {"backtest"} and alerts[0].panels == ["optim_grad_norm"]
+    assert monitor.alerts == []  # never recorded as something that happened
+    run(ip, "%%ptt --dry-run\n`rewards/margins` > 0.08\n")  # no panels given: those that plot the key
+    ids = fake.calls[-1][1][0].panels
+    by_id = {p["id"]: p for p in monitor.panels()}
+    assert ids and all(any(s["key"] == "rewards/margins" for s in by_id[i]["series"]) for i in ids)
+
+
+def test_extension_loads_from_ipython_config(tmp_path):
+    """``c.InteractiveShellApp.extensions = ['ptt_nb']`` (here as a command-line option) registers the magics."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "IPython", "--no-banner", "--quick",
+                           "--InteractiveShellApp.extensions=['ptt_nb']", "-c", "%ptt status"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert "no current run" in proc.stdout, proc.stdout + proc.stderr

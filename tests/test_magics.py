@@ -372,7 +372,7 @@ def test_unload_removes_the_magics(ip):
     assert magics.LINE_HELP.startswith("%ptt")
 
 
-# -- dashboard ------------------------------------------------------------------------------------------------------------
+# -- dashboard ----------------------------------------------------------------------------------------------
 def test_show_displays_one_dashboard_per_run(ip):
     pytest.importorskip("anywidget")
     out, err, exc = run(ip, f"%ptt replay {RECORDED}")

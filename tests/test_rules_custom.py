@@ -236,6 +236,7 @@ def test_for_n_steps_needs_consecutive_log_points():
         monitor.log(step * 5, {"x": float(v)})
     (rid,) = {a.rule for a in monitor.alerts}
     assert [(a.step, a.resolved_step) for a in monitor.alerts] == [(35, 45), (60, None)]
+    assert monitor.alerts[0].message == f"{rid}: x > 0.5 held for 3 log points at step 35 (x = 1)."
     # without `for`, every true run opens at once
     monitor = start(Monitor(extra_rules=parse_rules("- id: now\n  when: x > 0.5\n")))
     for step, v in enumerate(values, start=1):
@@ -510,3 +511,20 @@ def test_rule_dir_in_a_real_dpo_run(tmp_path):
     assert alerts[0].message.startswith("margin ") and alerts[0].message.endswith(" after 3 logs")
     recorded = [e for e in events_of(tmp_path / "run", "alert") if e["rule"] == "logged_three_times"]
     assert [(e["step"], e["severity"]) for e in recorded] == [(3, "low")]
+
+
+def test_docs_examples_are_valid():
+    """docs/rules-language.md: every YAML example loads, the error example is what the loader says."""
+    import re
+
+    doc = (REPO / "docs" / "rules-language.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        assert parse_rules(block, "doc.yaml")
+    with pytest.raises(RuleSyntaxError) as info:
+        parse_rules('rules:\n  - id: x\n    when: "step > 20 and meen(`rewards/margins`, 10) < 0"\n',
+                    "my_rules/dpo.yaml")
+    first, snippet, caret = str(info.value).split("\n")
+    assert first.split(" Available:")[0] + " Available: mean, min, ..." in doc
+    assert snippet in doc and caret in doc

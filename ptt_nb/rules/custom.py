@@ -217,7 +217,8 @@ class DslRule(Rule):
         else:
             held = f" for {self.for_steps} log points" if self.for_steps > 1 else ""
             shown = f" ({self.expr.value_text} = {value:.4g})" if self.expr.value_fn is not None else ""
-            message = f"{self.title}: `{self.expr.text.strip()}` held{held} at step {ctx.step}{shown}."
+            when = " ".join(self.expr.text.split())
+            message = f"{self.title}: {when} held{held} at step {ctx.step}{shown}."
         return Finding(message, evidence=evidence)
 
 

@@ -29,7 +29,7 @@ if importlib.util.find_spec("bokeh") is None:  # fail at import, where callers a
 REPORT_FILE = "report.html"
 MAX_POINTS = 1200  # per series: ~1 point per pixel of a wide panel; extremes survive decimation
 MAX_HEATMAP_COLUMNS = 400
-MAX_ALERT_SPANS = 200  # per panel: beyond this the markers alone carry the story
+MAX_ALERT_ROWS = 1000
 SEVERITY_COLOURS = {"critical": "#b2182b", "high": "#e66101", "medium": "#d8a200", "low": "#7f7f7f"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 PREFERRED_RANK_METRICS = ("compute_ms", "step_ms", "wait_ms", "mem_gb", "memory_gb", "max_mem_gb")
@@ -126,7 +126,7 @@ def _flat_range(value: float, log_y: bool):
 
 
 def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x_range: Any, last_step: int):
-    from bokeh.models import BoxAnnotation, ColumnDataSource, HoverTool, Label, Legend, Span
+    from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, Span
     from bokeh.plotting import figure
 
     log_y = spec.get("y_scale") == "log"
@@ -186,14 +186,16 @@ def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x
     if panel_alerts:
         data: dict[str, list[Any]] = {"x": [], "y": [], "colour": [], "rule": [], "severity": [], "message": [],
                                       "state": []}
-        for a in panel_alerts[:MAX_ALERT_SPANS]:
-            colour = SEVERITY_COLOURS.get(a.severity, "#7f7f7f")
-            fig.add_layout(Span(location=a.step, dimension="height", line_color=colour, line_dash="dashed",
-                                line_width=1.4, line_alpha=0.8))
-            end = a.resolved_step if a.resolved_step is not None else last_step
-            if end > a.step:
-                fig.add_layout(BoxAnnotation(left=a.step, right=end, fill_color=colour, fill_alpha=0.07,
-                                             line_alpha=0))
+        # one vectorised glyph each for the episode lines and shades: thousands of alerts stay cheap
+        colours = [SEVERITY_COLOURS.get(a.severity, "#7f7f7f") for a in panel_alerts]
+        fig.vspan(x=[a.step for a in panel_alerts], line_color=colours, line_dash="dashed", line_width=1.4,
+                  line_alpha=0.8, name="alert_lines")
+        shaded = [(a, c) for a, c in zip(panel_alerts, colours, strict=True)
+                  if (a.resolved_step if a.resolved_step is not None else last_step) > a.step]
+        if shaded:
+            fig.vstrip(x0=[a.step for a, _ in shaded],
+                       x1=[a.resolved_step if a.resolved_step is not None else last_step for a, _ in shaded],
+                       fill_color=[c for _, c in shaded], fill_alpha=0.07, line_alpha=0, name="alert_episodes")
         for a in panel_alerts:
             y = _value_at(*first, a.step, log_y) if first is not None else None
             if y is None:
@@ -316,6 +318,8 @@ th{background:#f5f5f5}table.kv td:first-child{color:#555;white-space:nowrap}
 pre{background:#f6f8fa;border:1px solid #ddd;padding:8px;overflow:auto;max-height:480px;font-size:12px}
 .flex{display:flex;gap:24px;flex-wrap:wrap}.muted{color:#666;font-size:12px}.warn{color:#8a6d00}
 td.evidence,td.msg{max-width:420px}
+.alerts-box{max-height:420px;overflow:auto;display:inline-block;max-width:100%}
+@media print{.alerts-box{max-height:none;overflow:visible}}
 """
 
 
@@ -372,7 +376,13 @@ def _alerts_html(alerts: list[Alert]) -> str:
     if not alerts:
         return "<h2>Alerts</h2><p class='muted'>No alert fired during this run.</p>"
     rows = []
-    for a in sorted(alerts, key=lambda a: (a.step, SEVERITY_RANK.get(a.severity, 9))):
+    ordered = sorted(alerts, key=lambda a: (a.step, SEVERITY_RANK.get(a.severity, 9)))
+    note = ""
+    if len(ordered) > MAX_ALERT_ROWS:  # a flapping rule must not make a 10 MB page; the first episodes matter most
+        note = (f"<p class='muted'>{len(ordered) - MAX_ALERT_ROWS} later episodes are not listed here "
+                "(all are in events.jsonl).</p>")
+        ordered = ordered[:MAX_ALERT_ROWS]
+    for a in ordered:
         step = f"{a.step}" + (f" → {a.resolved_step}" if a.resolved_step is not None else "")
         evidence = ", ".join(f"{k}={fmt(v)}" for k, v in (a.evidence or {}).items())
         url = _safe_url(a.url)
@@ -384,9 +394,9 @@ def _alerts_html(alerts: list[Alert]) -> str:
             f"{e(a.severity)}</span></td><td><code>{e(a.rule)}</code></td><td>{e(step)}</td><td>{e(a.state)}</td>"
             f'<td class="msg">{e(a.message)}</td><td class="evidence">{e(evidence)}</td><td>{e(a.action)}</td>'
             f"<td>{ref}</td></tr>")
-    return ("<h2>Alerts</h2><table class='alerts'><tr><th>severity</th><th>rule</th><th>step</th><th>state</th>"
+    return ("<h2>Alerts</h2><div class='alerts-box'><table class='alerts'><tr><th>severity</th><th>rule</th><th>step</th><th>state</th>"
             "<th>message</th><th>evidence</th><th>recommended action</th><th>reference</th></tr>"
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table></div>" + note)
 
 
 def _postmortem_html(pm: dict[str, Any] | None) -> str:

@@ -14,7 +14,8 @@ from .events import SEVERITIES, Alert
 from .monitor import Monitor
 
 MAX_KEY_METRICS = 10
-MAX_ALERT_LINES = 15
+MAX_ALERT_LINES = 12
+PER_RULE = 3
 WIDTH = 100
 
 
@@ -57,6 +58,23 @@ def alert_line(alert: Alert) -> str:
     return f"[{alert.severity.upper()}] {alert.rule} ({span}, {alert.state}): {alert.message}"
 
 
+def alert_lines(alerts: list[Alert], per_rule: int = PER_RULE, limit: int = MAX_ALERT_LINES) -> list[str]:
+    """Alert episodes in order, at most ``per_rule`` per rule (a flapping rule must not fill the screen)."""
+    shown: dict[str, int] = {}
+    hidden: dict[str, int] = {}
+    out: list[str] = []
+    for alert in alerts:
+        if shown.get(alert.rule, 0) >= per_rule or len(out) >= limit:
+            hidden[alert.rule] = hidden.get(alert.rule, 0) + 1
+            continue
+        shown[alert.rule] = shown.get(alert.rule, 0) + 1
+        out.append(alert_line(alert))
+    if hidden:
+        more = ", ".join(f"{rule} ×{n}" for rule, n in sorted(hidden.items(), key=lambda kv: -kv[1]))
+        out.append(f"… {sum(hidden.values())} more episodes: {more} (all are in the HTML report)")
+    return out
+
+
 def where_it_died(traceback: str | None) -> str:
     """The innermost ``File ..., line N, in f`` frame and the exception line of a traceback."""
     if not traceback:
@@ -92,10 +110,7 @@ def summarize(run: Monitor | str | os.PathLike[str]) -> str:
     counts = monitor.alerts_by_severity()
     total = sum(counts.values())
     lines.append("alerts: " + (" · ".join(f"{s} {counts.get(s, 0)}" for s in SEVERITIES) if total else "none"))
-    for alert in monitor.alerts[:MAX_ALERT_LINES]:
-        lines.append("  " + alert_line(alert))
-    if len(monitor.alerts) > MAX_ALERT_LINES:
-        lines.append(f"  … and {len(monitor.alerts) - MAX_ALERT_LINES} more (see the HTML report)")
+    lines.extend("  " + line for line in alert_lines(monitor.alerts))
     pm: dict[str, Any] | None = monitor.postmortem
     if pm:
         detail = f" — {pm['detail']}" if pm.get("detail") else ""

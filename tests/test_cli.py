@@ -270,3 +270,14 @@ def test_report_without_bokeh_is_a_one_line_error(synthetic: Path, tmp_path: Pat
     proc = subprocess.run([sys.executable, "-m", "ptt_nb.cli", "report", str(synthetic)], capture_output=True,
                           text=True, timeout=60, env=env)
     assert_one_line_error(proc, "pip install 'ptt-nb[report]'")
+
+
+def test_summary_collapses_a_flapping_rule() -> None:
+    from ptt_nb.events import Alert
+    from ptt_nb.summary import alert_lines
+
+    alerts = [Alert(id=f"f@{i}", rule="flappy", severity="medium", step=i, message="m") for i in range(50)]
+    alerts.insert(10, Alert(id="x@10", rule="other_rule", severity="high", step=10, message="x"))
+    lines = alert_lines(alerts)
+    assert [ln.split()[1] for ln in lines[:-1]] == ["flappy", "flappy", "flappy", "other_rule"]
+    assert lines[-1] == "… 47 more episodes: flappy ×47 (all are in the HTML report)"

@@ -12,7 +12,15 @@ import pytest
 from ptt_nb import postmortem
 from ptt_nb.events import Alert, RankStats, RunStart
 from ptt_nb.monitor import Monitor
-from ptt_nb.report import MAX_POINTS, build_roots, rank_matrix, write_at_end, write_report
+from ptt_nb.report import (
+    MAX_ALERT_ROWS,
+    MAX_POINTS,
+    SEVERITY_COLOURS,
+    build_roots,
+    rank_matrix,
+    write_at_end,
+    write_report,
+)
 from ptt_nb.runfolder import RunWriter, load_run
 
 pytest.importorskip("bokeh")
@@ -157,6 +165,10 @@ def test_report_synthetic_run_alerts_postmortem_heatmap(tmp_path: Path) -> None:
     assert roots["ranks"].select_one({"name": "ranks:wait_ms"}) is not None
 
 
+def text_of(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
 def html_escaped(text: str) -> str:
     import html
 
@@ -164,22 +176,29 @@ def html_escaped(text: str) -> str:
 
 
 def test_alert_markers_eval_dashes_and_nonfinite_markers(tmp_path: Path) -> None:
-    from bokeh.models import BoxAnnotation, GlyphRenderer, Span
+    from bokeh.models import GlyphRenderer
+
+    def glyph_data(fig, name: str) -> dict:
+        found = [r for r in fig.renderers if isinstance(r, GlyphRenderer) and r.name == name]
+        return dict(found[0].data_source.data) if found else {}
 
     monitor = make_synthetic_monitor()
     roots = build_roots(monitor)
     grad = roots["panels"].select_one({"name": "panel:optim_grad_norm"})
-    spans = [r.location for r in grad.center if isinstance(r, Span) and r.dimension == "height"]
-    assert spans == [CRIT_STEP]
+    assert list(glyph_data(grad, "alert_lines")["x"]) == [CRIT_STEP]
+    assert list(glyph_data(grad, "alert_lines")["line_color"]) == [SEVERITY_COLOURS["critical"]]
+    # the critical episode is still active: shaded up to the last step
+    assert (list(glyph_data(grad, "alert_episodes")["x0"]), list(glyph_data(grad, "alert_episodes")["x1"])) == \
+        ([CRIT_STEP], [200])
     markers = [r for r in grad.renderers if isinstance(r, GlyphRenderer) and "rule" in r.data_source.data]
     assert len(markers) == 1 and list(markers[0].data_source.data["x"]) == [CRIT_STEP]
     nonfinite = [r for r in grad.renderers if isinstance(r, GlyphRenderer) and "value" in r.data_source.data]
     assert nonfinite and list(nonfinite[0].data_source.data["x"]) == [190]
-    # the resolved medium episode is shaded from its start to its end on the margin panel only
+    # the resolved medium episode is shaded from its start to its end, on the margin panel only
     margin = roots["panels"].select_one({"name": "panel:pref_margin"})
-    boxes = [(b.left, b.right) for b in margin.center if isinstance(b, BoxAnnotation)]
-    assert boxes == [(MEDIUM_STEP, MEDIUM_END)]
-    assert not [r for r in grad.center if isinstance(r, BoxAnnotation) and r.left == MEDIUM_STEP]
+    episodes = glyph_data(margin, "alert_episodes")
+    assert (list(episodes["x0"]), list(episodes["x1"])) == ([MEDIUM_STEP], [MEDIUM_END])
+    assert glyph_data(roots["panels"].select_one({"name": "panel:pref_accuracy"}), "alert_lines") == {}
     # train solid, eval dashed
     loss = roots["panels"].select_one({"name": "panel:dpo_loss"})
     dashes = {r.name: r.glyph.line_dash for r in loss.renderers if isinstance(r, GlyphRenderer)
@@ -206,9 +225,10 @@ def test_100k_step_run_stays_small(tmp_path: Path) -> None:
     for step in range(1, 100_001):
         x = step / 1000
         monitor.log(step, {k: math.sin(x + i) + 2.0 + (50.0 if step == 77_777 else 0.0) for i, k in enumerate(keys)})
-    for step in range(1000, 100_001, 1000):
+    for step in range(30, 100_001, 30):  # a flapping rule: 3333 episodes
         monitor.add_alert(Alert(id=f"r@{step}", rule="rl_entropy_out_of_band", severity="high", step=step,
-                                message="entropy", panels=["rl_entropy"]))
+                                message="entropy out of band", state="resolved", resolved_step=step + 10,
+                                evidence={"entropy": 0.1}, panels=["rl_entropy"]))
     t0 = time.perf_counter()
     out = write_report(monitor, tmp_path / "long.html")
     elapsed = time.perf_counter() - t0
@@ -220,6 +240,7 @@ def test_100k_step_run_stays_small(tmp_path: Path) -> None:
     xs = line.data_source.data["x"]
     assert len(xs) <= MAX_POINTS + 2
     assert 77_777 in set(int(v) for v in xs)  # the one-step spike survives decimation
+    assert out.read_text().count('class="alert-row"') == MAX_ALERT_ROWS and "2333 later episodes" in text_of(out)
     assert elapsed < 30, elapsed
 
 

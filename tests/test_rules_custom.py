@@ -135,6 +135,7 @@ def test_yaml_forms_single_rule_list_and_one_line():
     ("rules: []\nextra: 1\n", "unknown top-level key 'extra'", 2, 1),
     ("defaults: {when: x}\nrules: []\n", "defaults: cannot set 'when'", 1, 12),
     ("severity: high\n", "expected a list of rules, a mapping with rules:", 1, 1),
+    ("- id: x\n  when: loss > 1\n  panels: " + "[" * 5000 + "]" * 5000 + "\n", "YAML nested too deeply", 3, 25),
 ])
 def test_yaml_errors_name_file_line_and_column(text, message, line, col):
     with pytest.raises(RuleSyntaxError) as info:

@@ -47,6 +47,7 @@ _HOLD: Finding | None = getattr(_engine, "HOLD", None)
 MAX_FILE_BYTES = 1_000_000
 MAX_RULES_PER_FILE = 1000
 MAX_TEXT_FIELD = 4000
+MAX_YAML_DEPTH = 16
 FIELDS = ("id", "when", "for", "severity", "message", "title", "action", "reference", "url", "algorithms",
           "panels", "keys", "cooldown", "warmup_steps", "warmup_frac", "once")
 DEFAULT_FIELDS = ("severity", "algorithms", "panels", "reference", "url", "action", "cooldown", "for", "warmup_steps",
@@ -396,12 +397,21 @@ def _check_int(v: Any, name: str, lo: int, hi: int, where: str) -> int:
 class _Loader(yaml.SafeLoader):
     """The safe loader, refusing aliases while composing (no billion-laughs expansion, no shared nodes)."""
 
+    depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in rule packs",
                                               event.start_mark)
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"YAML nested too deeply (more than {MAX_YAML_DEPTH} "
+                                              "levels)", event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 class _Doc:

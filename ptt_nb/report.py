@@ -394,7 +394,8 @@ def _alerts_html(alerts: list[Alert]) -> str:
             f"{e(a.severity)}</span></td><td><code>{e(a.rule)}</code></td><td>{e(step)}</td><td>{e(a.state)}</td>"
             f'<td class="msg">{e(a.message)}</td><td class="evidence">{e(evidence)}</td><td>{e(a.action)}</td>'
             f"<td>{ref}</td></tr>")
-    return ("<h2>Alerts</h2><div class='alerts-box'><table class='alerts'><tr><th>severity</th><th>rule</th><th>step</th><th>state</th>"
+    return ("<h2>Alerts</h2><div class='alerts-box'><table class='alerts'>"
+            "<tr><th>severity</th><th>rule</th><th>step</th><th>state</th>"
             "<th>message</th><th>evidence</th><th>recommended action</th><th>reference</th></tr>"
             + "".join(rows) + "</table></div>" + note)
 

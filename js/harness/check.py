@@ -91,6 +91,19 @@ def main() -> int:
             check(len(zooms) == 1 and zooms[0]["x0"] == 1 and zooms[0]["x1"] == 1000,
                   f"reset → zoom to full extent {zooms}")
 
+            # wheel zoom (not active by default: activate it like a user would) → one zoom message
+            page.evaluate("""() => { const f = t.view.grid.panels.get('p_1').fig;
+                f.toolbar.active_scroll = f.toolbar.tools.find(x => x.constructor.__name__ === 'WheelZoomTool'); }""")
+            box = page.locator(".ptt-cell").nth(1).bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            for _ in range(5):
+                page.mouse.wheel(0, -100)
+                page.wait_for_timeout(30)
+            page.wait_for_timeout(400)
+            zooms = [m for m in sent_since() if m["type"] == "zoom"]
+            check(len(zooms) == 1 and zooms[0]["panel"] == "p_1" and zooms[0]["x1"] - zooms[0]["x0"] < 1000,
+                  f"wheel zoom → one zoom message {zooms}")
+
             # zoom answer: replace with a window → panel gets exactly those points
             page.evaluate("""async () => { const {xs, ys} = bench.series(0, 400, 600);
                 const [m, b] = bench.dataMessage([{panel: 'p_0', key: 'loss', mode: 'replace', xs, ys}]);

@@ -1,10 +1,11 @@
 // The grid of metric panels: one BokehJS figure per PanelSpec.
 //
 // Figures are plain JS models built from JSON specs, so the Python package
-// never has to match BokehJS versions. Panels of group "other" live in a
-// collapsed <details>; their figures and data sources exist from the start
-// (data keeps flowing into them) but are only embedded when first opened,
-// which keeps the first render fast.
+// never has to match BokehJS versions. Every panel's figure and data source
+// exist from the start (data keeps flowing into its buffer), but a figure is
+// only embedded (views built, canvas painted) once its cell is near the
+// viewport; panels of group "other" sit in a collapsed <details> and so are
+// built when it is first opened. See PanelGrid for the repaint rationing.
 import Bokeh, { embedRoots } from "./bokeh.js";
 import { SeriesBuffer } from "./series.js";
 import { SEVERITY, SERIES } from "./colors.js";
@@ -43,7 +44,8 @@ class Panel {
       height: PLOT_HEIGHT,
       sizing_mode: "stretch_width",
       y_axis_type: spec.y_scale === "log" ? "log" : "linear",
-      x_axis_label: "step",
+      // no x axis label: it is always "step" (hover says so) and every text
+      // visual costs paint time on each repaint
       y_axis_label: spec.y_label ?? null,
       x_range: new Bokeh.DataRange1d({ range_padding: 0.02 }),
       tools: "xpan,xwheel_zoom,box_zoom,reset,save",
@@ -55,7 +57,6 @@ class Panel {
     fig.toolbar.active_scroll = null;
     fig.toolbar.autohide = true;
     fig.title.text_font_size = "11pt";
-    fig.xaxis.axis_label_text_font_size = "9pt";
     fig.yaxis.axis_label_text_font_size = "9pt";
 
     // Alert markers first so lines are drawn over them. VSpan is a data-driven
@@ -74,8 +75,9 @@ class Panel {
       }));
       if (ref.label) {
         fig.add_layout(new Bokeh.Label({
-          x: 4, x_units: "screen", y: ref.y, text: ref.label,
-          text_font_size: "8pt", text_color: "#666", y_offset: 2,
+          x: 6, x_units: "screen", y: ref.y, text: ref.label,
+          text_font_size: "8pt", text_color: "#555", y_offset: 3,
+          background_fill_color: "white", background_fill_alpha: 0.7,
         }));
       }
     }
@@ -124,9 +126,21 @@ class Panel {
       fig.legend.visible = false;
     }
 
+    // Zoom/pan tools set have_updated_interactively on the range; data-driven
+    // re-fits of the DataRange1d do not, so this sees only user changes. It
+    // reacts sooner than Bokeh's RangesUpdate event, which wheel zoom delays
+    // until its level-of-detail timeout (~0.5 s) ends; both feed one debounce.
+    const xr = fig.x_range;
+    xr.change.connect(() => { if (xr.have_updated_interactively) this._rangeChanged(xr.start, xr.end); });
     fig.on_event("rangesupdate", (ev) => this._rangeChanged(ev.x0, ev.x1));
     fig.on_event("reset", () => { this._resetPending = true; this._rangeChanged(NaN, NaN); });
     this.fig = fig;
+    // Pointer state, so a slow pan does not send a zoom per pause mid-drag.
+    this._dragging = false;
+    this.cell.addEventListener("pointerdown", () => { this._dragging = true; });
+    this._onUp = () => { this._dragging = false; };
+    window.addEventListener("pointerup", this._onUp, true); // capture: Bokeh stops propagation
+    window.addEventListener("pointercancel", this._onUp, true);
   }
 
   // User zoom/pan/reset settles → ask Python for data re-decimated for the
@@ -142,6 +156,7 @@ class Panel {
         [lo, hi] = this.fullExtent();
       }
       if (!Number.isFinite(lo) || !Number.isFinite(hi)) return;
+      if (this._dragging) return; // a pan in progress: its end fires rangesupdate again
       if (this._lastSent && this._lastSent[0] === lo && this._lastSent[1] === hi) return;
       this._lastSent = [lo, hi];
       this.onZoom(this.id, lo, hi);
@@ -234,6 +249,8 @@ class Panel {
 
   destroy() {
     clearTimeout(this._timer);
+    window.removeEventListener("pointerup", this._onUp, true);
+    window.removeEventListener("pointercancel", this._onUp, true);
     this.embed?.dispose?.();
     this.embed = null;
   }
@@ -247,12 +264,13 @@ function emptyMarkers() {
 // ~6-10 ms per panel per repaint in software-rendered Chromium), so repaints
 // are rationed: per animation frame at most FLUSH_PER_FRAME panels get new
 // data and EMBED_PER_FRAME new figures are built; a streaming panel repaints
-// at most every MIN_STREAM_INTERVAL_MS; panels off screen (or in the closed
+// at most every MIN_STREAM_INTERVAL_MS (1 s: ample for training curves, and
+// it keeps a 20-panel live view at a fraction of one core); panels off screen (or in the closed
 // "other" section) are neither built nor repainted until they scroll into
 // view. Replace updates (initial fill, zoom answers) skip the interval.
 const FLUSH_PER_FRAME = 2;
 const EMBED_PER_FRAME = 2;
-const MIN_STREAM_INTERVAL_MS = 500;
+const MIN_STREAM_INTERVAL_MS = 1000;
 
 export class PanelGrid {
   constructor({ send }) {

@@ -34,6 +34,7 @@ export const CSS = `
 .ptt-msg { margin: 2px 0; }
 .ptt-evidence { display: flex; flex-wrap: wrap; gap: 2px 10px; font-size: 11px; font-family: var(--jp-code-font-family, monospace); }
 .ptt-action, .ptt-ref { font-size: 12px; margin-top: 2px; }
+.ptt-ref a { color: var(--jp-content-link-color, #1a6fd0); text-decoration: underline; }
 .ptt-resolved { opacity: .7; }
 .ptt-muted { opacity: .45; }
 .ptt-muted .ptt-msg { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }

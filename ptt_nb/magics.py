@@ -254,6 +254,9 @@ class PttMagics(Magics):
             if not monitor.evaluate:
                 raise UsageError(f"%ptt {what}: this run was replayed: its rules are not running here (its recorded "
                                  "alerts are shown as they were)")
+            if any(a.rule == rule_id for a in monitor.alerts):
+                raise UsageError(f"%ptt {what}: {rule_id!r} runs in the process writing this run, not here; mute it "
+                                 "there (or exclude_rules=[...] in its DiagnosticsCallback)")
             raise UsageError(f"%ptt {what}: no rule {rule_id!r} in the current run{_suggest(rule_id, known)}")
 
     def _cmd_mute(self, args: argparse.Namespace, muted: bool = True) -> None:
@@ -282,6 +285,11 @@ class PttMagics(Magics):
 
     def _cmd_stop(self, args: argparse.Namespace) -> None:
         job = SESSION.job
+        if job is not None and job.running and getattr(job.callback, "monitor", None) is not None:
+            monitor = job.callback.monitor  # the background run, even if another run is shown now
+            job.callback.stop()
+            print(f"stop requested at step {monitor.step} ({job.name}): training stops at the next step boundary")
+            return
         monitor = SESSION.monitor
         if SESSION.source == "watch" and SESSION.watcher is not None and SESSION.watcher.running:
             SESSION.watcher.stop()
@@ -296,8 +304,7 @@ class PttMagics(Magics):
             callback.stop()
         else:
             monitor.request_stop(by="user", reason="user_stop")
-        who = f" ({job.name})" if job is not None and job.running else ""
-        print(f"stop requested at step {monitor.step}{who}: training stops at the next step boundary")
+        print(f"stop requested at step {monitor.step}: training stops at the next step boundary")
 
     # -- %ptt train -------------------------------------------------------------------------------------------------
     def _cmd_train(self, args: argparse.Namespace) -> None:
@@ -313,12 +320,13 @@ class PttMagics(Magics):
             raise UsageError(f"%ptt train: {args.trainer!r} is a {type(trainer).__name__}, not a transformers/TRL "
                              "Trainer")
         callback, added = _ensure_callback(trainer)
+        restore = {"widget_option": callback.widget_option, "console": callback.console}
         callback.widget_option = False  # the dashboard is displayed below, from this (main) thread
         if callback.console is None:
             callback.console = False
         if callback.trainer is None:  # added after on_init_end: wrap train() now so a crash is still recorded
             callback._attach(trainer)
-        job = TrainingJob(name=args.trainer, trainer=trainer, callback=callback)
+        job = TrainingJob(name=args.trainer, trainer=trainer, callback=callback, restore=restore)
         job.thread = threading.Thread(target=_run_job, args=(job,), name=f"ptt_nb-train:{args.trainer}", daemon=True)
         generation = SESSION.generation
         SESSION.job = job
@@ -558,6 +566,8 @@ def _run_job(job: TrainingJob) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported in the notebook by the post_run_cell hook
         job.error = exc
     finally:
+        for name, value in job.restore.items():  # a later plain trainer.train() behaves as configured
+            setattr(job.callback, name, value)
         monitor = getattr(job.callback, "monitor", None)
         if monitor is not None:
             SESSION.applier(monitor).drain()
@@ -596,16 +606,10 @@ def _job_text(job: TrainingJob) -> str:
 
 
 def rules_table(monitor: Monitor, show_dormant: bool = True) -> Table:
-    """id, severity, state (active/idle/dormant/disabled), fired, muted, source."""
+    """id, severity, state (active/idle/dormant/disabled), fired, muted, source. Rules that ran elsewhere (a
+    replayed run, or the process writing a watched run) appear as ``recorded`` with their recorded alerts."""
     engine = monitor.engine
-    if not engine.states and not monitor.evaluate:
-        counts: dict[str, list[Alert]] = {}
-        for alert in monitor.alerts:
-            counts.setdefault(alert.rule, []).append(alert)
-        rows = [[rule, alerts[0].severity, "recorded", len(alerts), None, "recorded"]
-                for rule, alerts in sorted(counts.items())]
-        return Table(["id", "severity", "state", "fired", "muted", "source"], rows,
-                     title="replayed run: recorded alerts by rule (its rules do not run here)")
+    columns = ["id", "severity", "state", "fired", "muted", "source"]
     dormant = set(engine.dormant())
     rows = []
     for rule_id, state in sorted(list(engine.states.items())):
@@ -620,7 +624,16 @@ def rules_table(monitor: Monitor, show_dormant: bool = True) -> Table:
         if label == "dormant" and not show_dormant:
             continue
         rows.append([rule_id, state.rule.severity, label, state.fired, state.muted, state.rule.source])
-    return Table(["id", "severity", "state", "fired", "muted", "source"], rows)
+    recorded: dict[str, list[Alert]] = {}
+    for alert in list(monitor.alerts):
+        if alert.rule not in engine.states:
+            recorded.setdefault(alert.rule, []).append(alert)
+    for rule_id, alerts in sorted(recorded.items()):
+        rows.append([rule_id, alerts[0].severity, "recorded", len(alerts), None, "recorded"])
+    title = ""
+    if not monitor.evaluate:
+        title = "replayed run: its rules do not run here; recorded alerts by rule"
+    return Table(columns, rows, title=title)
 
 
 # -- registration ------------------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class TrainingJob:
     result: Any = None
     error: BaseException | None = None
     reported: bool = False
-    started: threading.Event = field(default_factory=threading.Event)
+    restore: dict[str, Any] = field(default_factory=dict)  # callback options to put back when the run ends
 
     @property
     def running(self) -> bool:

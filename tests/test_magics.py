@@ -420,3 +420,13 @@ def test_extension_loads_from_ipython_config(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert "no current run" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_rules_that_ran_elsewhere_show_as_recorded_and_cannot_be_muted_here(ip, tmp_path):
+    from ptt_nb.events import Alert
+
+    monitor = live_like(tmp_path)
+    monitor.add_alert(Alert(id="writer_rule@5", rule="writer_rule", severity="high", step=5, message="m"))
+    row = next(line.split() for line in run(ip, "%ptt rules")[0].splitlines() if line.startswith("writer_rule"))
+    assert row == ["writer_rule", "high", "recorded", "1", "-", "recorded"]
+    assert "runs in the process writing this run" in user_error(ip, "%ptt mute writer_rule")

@@ -61,7 +61,9 @@ ended = wait_job(120)
 m = SESSION.monitor
 print(json.dumps({"ended": ended, "state": m.state, "step": m.step, "rule_in_engine": rule_in_engine,
                   "fired": [a.step for a in m.alerts if a.rule == "always_on"],
-                  "run_dir": str(m.run_dir)}))
+                  "run_dir": str(m.run_dir), "options_restored": [
+                      (cb.widget_option, cb.console) for cb in trainer.callback_handler.callbacks
+                      if isinstance(cb, DiagnosticsCallback)]}))
 """
 
 CRASH = """\
@@ -143,6 +145,7 @@ def test_ptt_train_in_a_kernel(tmp_path):
     assert result["ended"] and result["state"] == "stopped_by_user" and result["step"] < 3000, result
     assert result["rule_in_engine"] and len(result["fired"]) == 1, result
     assert Path(result["run_dir"], "events.jsonl").exists()
+    assert result["options_restored"] == [[None, None]]  # a later plain trainer.train() shows its own widget
 
     # how the background run ended reaches the notebook once, at the next cell end
     ended = _text(stop) + _text(after)

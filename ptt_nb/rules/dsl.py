@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import difflib
 import math
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -288,7 +289,8 @@ def _median_list(xs: list[float]) -> float:
 
 
 def _has_nan(xs: list[float]) -> bool:
-    return any(x != x for x in xs)
+    total = sum(xs)  # C-fast; NaN only if a NaN is there (or +inf and -inf both are: then look closer)
+    return total != total and any(x != x for x in xs)
 
 
 def _w_mean(ctx, sp, k, n):
@@ -328,11 +330,12 @@ def _w_slope(ctx, sp, k, n):
     if s.n < n or n < 2:
         raise NotReady(k)
     if n <= SMALL:
-        xs = s.steps[s.n - n:s.n].tolist()
+        x0 = int(s.steps[s.n - n])
+        xs = [x - x0 for x in s.steps[s.n - n:s.n].tolist()]  # small offsets keep the sums exact
         ys = s.values[s.n - n:s.n].tolist()
         mx, my = sum(xs) / n, sum(ys) / n
-        den = sum((x - mx) * (x - mx) for x in xs)
-        num = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+        den = sum(map(operator.mul, xs, xs)) - n * mx * mx
+        num = sum(map(operator.mul, xs, [y - my for y in ys]))  # centred y: no cancellation for large values
         return num / den if den > 0 else math.nan
     x = s.steps[s.n - n:s.n].astype(np.float64)
     y = s.values[s.n - n:s.n]

@@ -242,7 +242,7 @@ class PttMagics(Magics):
             lines.extend(errors[-3:])
             lines.extend(monitor.warnings[-3:])
         print("\n".join(lines))
-        self._report_job(force=True)
+        self._report_job()
 
     def _cmd_rules(self, args: argparse.Namespace) -> None:
         monitor = self._current("rules")
@@ -343,7 +343,7 @@ class PttMagics(Magics):
             if job.thread.is_alive():
                 print("training has not begun yet; `%ptt show` displays the dashboard once it has")
             else:
-                self._report_job(force=True)
+                self._report_job()
 
     def _lookup(self, name: str) -> Any:
         if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name):
@@ -359,26 +359,19 @@ class PttMagics(Magics):
             obj = getattr(obj, attr)
         return obj
 
-    def _report_job(self, force: bool = False) -> None:
-        """Tell the notebook once how a background run ended (exception: with its traceback)."""
+    def _report_job(self) -> None:
+        """Show once, at the end of the next cell, the traceback of a background run that crashed (and its one-line
+        outcome, if the training thread could not announce it itself)."""
         job = SESSION.job
         if job is None or job.reported or job.running or job.thread is None:
             return
         job.reported = True
-        callback = job.callback
-        monitor = getattr(callback, "monitor", None)
-        run_dir = getattr(callback, "run_dir", None)
-        if job.error is None:
-            state = monitor.state if monitor is not None else "finished"
-            step = monitor.step if monitor is not None else "?"
-            print(f"ptt_nb: {job.name!r} ended at step {step}: {state}; run folder: {run_dir}")
-            return
+        if not job.announced:
+            line = job_outcome(job)
+            print(line, file=sys.stderr if job.error is not None else sys.stdout)
         exc = job.error
-        pm = Path(run_dir) / "postmortem.json" if run_dir is not None else None
-        where = f"; postmortem: {pm}" if pm is not None and pm.exists() else ""
-        step = monitor.step if monitor is not None else "?"
-        print(f"ptt_nb: {job.name!r} crashed at step {step}: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
-        self.shell.showtraceback((type(exc), exc, exc.__traceback__))
+        if exc is not None:
+            self.shell.showtraceback((type(exc), exc, exc.__traceback__))
 
     def post_run_cell(self, result: Any) -> None:
         try:
@@ -560,10 +553,24 @@ def _ensure_callback(trainer: Any) -> tuple[Any, bool]:
     return cb, True
 
 
+def job_outcome(job: TrainingJob) -> str:
+    """One line: how a background run ended, with its postmortem when it crashed."""
+    monitor = getattr(job.callback, "monitor", None)
+    run_dir = getattr(job.callback, "run_dir", None)
+    step = monitor.step if monitor is not None else "?"
+    if job.error is None:
+        state = monitor.state if monitor is not None else "finished"
+        return f"ptt_nb: {job.name!r} ended at step {step}: {state}; run folder: {run_dir}"
+    exc = job.error
+    pm = Path(run_dir) / "postmortem.json" if run_dir is not None else None
+    where = f"; postmortem: {pm}" if pm is not None and pm.exists() else ""
+    return f"ptt_nb: {job.name!r} crashed at step {step}: {type(exc).__name__}: {exc}{where}"
+
+
 def _run_job(job: TrainingJob) -> None:
     try:
         job.result = job.trainer.train()
-    except BaseException as exc:  # noqa: BLE001 - reported in the notebook by the post_run_cell hook
+    except BaseException as exc:  # noqa: BLE001 - its traceback is shown by the post_run_cell hook
         job.error = exc
     finally:
         for name, value in job.restore.items():  # a later plain trainer.train() behaves as configured
@@ -571,6 +578,11 @@ def _run_job(job: TrainingJob) -> None:
         monitor = getattr(job.callback, "monitor", None)
         if monitor is not None:
             SESSION.applier(monitor).drain()
+        try:  # at once, into whichever cell the kernel shows output for now (the traceback follows at a cell end)
+            print(job_outcome(job), file=sys.stderr if job.error is not None else sys.stdout, flush=True)
+            job.announced = True
+        except Exception:  # noqa: BLE001 - a closed stream must not hide the outcome: the hook prints it then
+            pass
 
 
 def _status_text(monitor: Monitor, source: str = "") -> str:

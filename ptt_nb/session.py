@@ -90,7 +90,8 @@ class TrainingJob:
     thread: threading.Thread | None = None
     result: Any = None
     error: BaseException | None = None
-    reported: bool = False
+    reported: bool = False  # the post_run_cell hook has shown how it ended
+    announced: bool = False  # the training thread printed its one-line outcome
     restore: dict[str, Any] = field(default_factory=dict)  # callback options to put back when the run ends
 
     @property

@@ -55,6 +55,17 @@ def main() -> int:
             sent_since = lambda: page.evaluate("t.model.sent.splice(0)")  # noqa: E731
             sent_since()
 
+            def zooms_after(n=1, settle_ms=400, timeout_ms=5000):
+                """Zoom messages once at least n arrived (debounced, so allow for a slow, loaded machine),
+                plus any that follow within settle_ms (to catch duplicates)."""
+                try:
+                    page.wait_for_function(f"t.model.sent.filter(m => m.type === 'zoom').length >= {n}",
+                                           timeout=timeout_ms)
+                except Exception:  # noqa: BLE001 - reported by the check that follows
+                    pass
+                page.wait_for_timeout(settle_ms)
+                return [m for m in sent_since() if m["type"] == "zoom"]
+
             # header
             check(page.inner_text(".ptt-title") == "DPOTrainer · dpo", "header title")
             check("step 1,000 / 2,000" in page.inner_text(".ptt-progress-text"), "progress text")
@@ -76,8 +87,7 @@ def main() -> int:
             for k in range(10):
                 page.mouse.move(cx - 10 * k, cy)
             page.mouse.up()
-            page.wait_for_timeout(400)
-            zooms = [m for m in sent_since() if m["type"] == "zoom"]
+            zooms = zooms_after()
             check(len(zooms) == 1 and zooms[0]["panel"] == "p_0" and zooms[0]["x1"] > zooms[0]["x0"],
                   f"pan → one zoom message {zooms}")
             if zooms:
@@ -86,8 +96,7 @@ def main() -> int:
             # reset → zoom for the full extent
             page.evaluate("""() => { const p = t.view.grid.panels.get('p_0');
                 p.embed && p.fig.reset.emit(); }""")
-            page.wait_for_timeout(400)
-            zooms = [m for m in sent_since() if m["type"] == "zoom"]
+            zooms = zooms_after()
             check(len(zooms) == 1 and zooms[0]["x0"] == 1 and zooms[0]["x1"] == 1000,
                   f"reset → zoom to full extent {zooms}")
 
@@ -99,8 +108,7 @@ def main() -> int:
             for _ in range(5):
                 page.mouse.wheel(0, -100)
                 page.wait_for_timeout(30)
-            page.wait_for_timeout(400)
-            zooms = [m for m in sent_since() if m["type"] == "zoom"]
+            zooms = zooms_after()
             check(len(zooms) == 1 and zooms[0]["panel"] == "p_1" and zooms[0]["x1"] - zooms[0]["x0"] < 1000,
                   f"wheel zoom → one zoom message {zooms}")
 
@@ -113,8 +121,7 @@ def main() -> int:
 
             # alert click → zoom for each of the alert's panels, x range around its step
             page.locator(".ptt-alert").first.click()
-            page.wait_for_timeout(100)
-            zooms = [m for m in sent_since() if m["type"] == "zoom"]
+            zooms = zooms_after(2)
             alert = page.evaluate("t.view.feed.all().sort((a,b)=>b.step-a.step)[0]")
             check(sorted(z["panel"] for z in zooms) == sorted(alert["panels"]), f"alert click zooms its panels {zooms}")
             check(all(z["x0"] < alert["step"] < z["x1"] for z in zooms), "zoom window contains the alert step")

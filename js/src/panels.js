@@ -22,7 +22,6 @@ class Panel {
     this.extent = [Infinity, -Infinity]; // steps seen, for "reset" → full range
     this.lastStep = -Infinity;
     this.cell = h("div", { class: "ptt-cell", "data-panel": spec.id });
-    this.lines = [];
     this._timer = null;
     this._resetPending = false;
     this._lastSent = null;
@@ -34,7 +33,19 @@ class Panel {
     this._pendingMarkers = null;
     this.visible = true;    // until the IntersectionObserver says otherwise
     this.embed = null;      // {dispose} once the figure is in the DOM
-    this._build();
+    // Points live in a SeriesBuffer per line from the start; BokehJS models
+    // are only created by ensureFig() (building 20 figures at once blocked
+    // the page for ~0.3 s on a 2-core machine).
+    this.lines = (spec.series ?? []).map((s) => ({
+      key: s.key, split: s.split ?? null, label: s.label ?? s.key,
+      buf: new SeriesBuffer(), source: null, replace: false, chunks: [],
+    }));
+    this.fig = null;
+  }
+
+  ensureFig() {
+    if (this.fig == null) this._build();
+    return this.fig;
   }
 
   _build() {
@@ -61,7 +72,8 @@ class Panel {
 
     // Alert markers first so lines are drawn over them. VSpan is a data-driven
     // glyph (one renderer for any number of alerts, with hover).
-    this.markers = new Bokeh.ColumnDataSource({ data: emptyMarkers() });
+    this.markers = new Bokeh.ColumnDataSource({ data: this._pendingMarkers ?? emptyMarkers() });
+    this._pendingMarkers = null;
     // (vspan has a single positional arg, so a lone attrs object would be taken as x)
     const markerRenderer = fig.vspan({ field: "x" }, {
       source: this.markers,
@@ -83,11 +95,11 @@ class Panel {
     }
 
     const renderers = [];
-    (spec.series ?? []).forEach((s, i) => {
+    this.lines.forEach((ln, i) => {
       const color = SERIES[i % SERIES.length];
       const source = new Bokeh.ColumnDataSource({ data: { x: new Float64Array(0), y: new Float64Array(0) } });
-      const isEval = s.split === "eval";
-      const label = s.label ?? s.key;
+      const isEval = ln.split === "eval";
+      const { label } = ln;
       const line = fig.line({
         x: { field: "x" }, y: { field: "y" }, source, name: label,
         line_color: color, line_width: isEval ? 1.5 : 1.8, line_dash: isEval ? "dashed" : "solid",
@@ -100,8 +112,10 @@ class Panel {
           fill_color: color, line_color: color, legend_label: label,
         });
       }
-      this.lines.push({ key: s.key, split: s.split ?? null, source, buf: new SeriesBuffer(), replace: false, chunks: [] });
+      // the buffer may already hold points: the next flush sends them all
+      Object.assign(ln, { source, replace: true, chunks: [] });
     });
+    this.dirty = true;
 
     fig.add_tools(
       new Bokeh.HoverTool({
@@ -170,6 +184,7 @@ class Panel {
 
   /** Programmatic zoom (alert click): no debounce, sends at once. */
   focus(step) {
+    this.ensureFig();
     const [lo, hi] = this.fullExtent();
     const span = Number.isFinite(lo) && Number.isFinite(hi) ? hi - lo : 0;
     const half = Math.max(10, span * 0.05);
@@ -194,7 +209,7 @@ class Panel {
       const upd = mode === "replace" ? line.buf.replace(steps, values) : line.buf.append(steps, values);
       if (upd == null) continue;
       if (upd.op === "replace") { line.replace = true; line.chunks = []; this.urgent = true; }
-      else if (!line.replace) line.chunks.push(upd);
+      else if (!line.replace && line.source != null) line.chunks.push(upd);
       this.dirty = true;
     }
     if (hit && steps.length > 0) {
@@ -206,6 +221,7 @@ class Panel {
 
   /** Push pending points into the BokehJS sources (this triggers a repaint). */
   flush(now) {
+    this.ensureFig();
     for (const line of this.lines) {
       if (line.replace) {
         line.source.data = { x: line.buf.x, y: line.buf.y };
@@ -341,7 +357,7 @@ export class PanelGrid {
     for (const p of visible) {
       if (p.embed != null || embeds <= 0) continue;
       embeds--;
-      p.flush(now);
+      p.flush(now); // builds the figure; data goes in before the first paint
       this._embed(p);
       busy = true;
     }

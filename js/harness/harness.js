@@ -169,8 +169,17 @@ export async function benchReplay({ steps = 100000, nMetrics = 20, raw = false, 
  * Live stream: `rate` log points/s for `seconds`, sent as `msgsPerSec`
  * batches (Python batches ~4-10/s; 50/s = one message per log point).
  */
-export async function benchStream({ seconds = 60, rate = 50, msgsPerSec = 10, nMetrics = 20, prefill = 100000 } = {}) {
+export async function benchStream(opts = {}) {
+  return (await prepareStream(opts))();
+}
+
+/** Render the prefilled replay; returns a function that runs the stream. */
+export async function prepareStream({ seconds = 60, rate = 50, msgsPerSec = 10, nMetrics = 20, prefill = 100000 } = {}) {
   const r = await benchReplay({ steps: prefill, nMetrics });
+  return () => runStream(r, { seconds, rate, msgsPerSec, prefill });
+}
+
+async function runStream(r, { seconds, rate, msgsPerSec, prefill }) {
   const { model, view } = r;
   const panels = [...view.grid.panels.values()];
   const specs = panels.map((p) => p.spec);
@@ -233,6 +242,9 @@ const clean = (r) => { const { model, el, view, cleanup, ...rest } = r; cleanup?
 window.bench = {
   replay: async (o) => clean(await benchReplay(o)),
   stream: async (o) => benchStream(o),
+  // two-step form, so the driver can read browser metrics around the stream only
+  prepareStream: async (o) => { window._runStream = await prepareStream(o); return true; },
+  runStream: async () => window._runStream(),
   FakeModel, makePanels, makeAlerts, makeRanks, status, dataMessage, series, mount, settled,
 };
 if (new URLSearchParams(location.search).has("demo")) demo();

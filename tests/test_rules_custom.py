@@ -135,6 +135,14 @@ def test_yaml_forms_single_rule_list_and_one_line():
     ("rules: []\nextra: 1\n", "unknown top-level key 'extra'", 2, 1),
     ("defaults: {when: x}\nrules: []\n", "defaults: cannot set 'when'", 1, 12),
     ("severity: high\n", "expected a list of rules, a mapping with rules:", 1, 1),
+    ("- id: x\n  when: loss > 1\n  warmup_frac: 2\n", "warmup_frac must be a number from 0 to 1", 3, 16),
+    ("- id: x\n  when: loss > 1\n  once: 1\n", "once must be true or false", 3, 9),
+    ("- id: x\n  when: loss > 1\n  cooldown: -1\n", "cooldown must be a whole number from 0", 3, 13),
+    ("- id: x\n  when: loss > 1\n  action: " + "a" * 4001 + "\n", "action: too long (4001 characters", 3, 11),
+    ("- id: x\n  when: loss > 1\n  ? [a]\n  : 1\n", "mapping keys must be plain text", 3, 5),
+    ("defaults: [a]\nrules: []\n", "expected a mapping (key: value lines)", 1, 11),
+    ("- id: x\n  when: mean(loss, 10) > 2 and\n    loss.__class__\n", "when: attribute access", 3, 9),
+    ("rules:\n" + "  - id: r\n    when: loss > 1\n" * 1001, "too many rules (1001; the limit is 1000)", 2, 3),
     ("- id: x\n  when: loss > 1\n  panels: " + "[" * 5000 + "]" * 5000 + "\n", "YAML nested too deeply", 3, 25),
 ])
 def test_yaml_errors_name_file_line_and_column(text, message, line, col):
@@ -144,6 +152,31 @@ def test_yaml_errors_name_file_line_and_column(text, message, line, col):
     assert message in err.message, str(err)
     assert (err.source, err.line, err.col) == ("pack.yaml", line, col), str(err)
     assert str(err).startswith(f"pack.yaml:{line}:{col}: ")
+
+
+def test_fields_warmup_once_cooldown_keys_and_odd_inputs(tmp_path):
+    (r,) = parse_rules("- id: x\n  when: loss > 1\n  warmup_steps: 3\n  warmup_frac: 0.5\n  once: true\n"
+                       "  cooldown: 4\n  keys: [grad_norm]\n  title: T\n  for: 2\n")
+    assert (r.warmup_steps, r.warmup_frac, r.once, r.cooldown, r.keys, r.title, r.for_steps) == (
+        3, 0.5, True, 4, ("grad_norm",), "T", 2)
+    assert r.metric_keys == ("loss",) and r.when == "loss > 1"
+    # `keys:` decides dispatch: the rule runs when grad_norm arrives, reading loss
+    monitor = start(Monitor(extra_rules=parse_rules("- id: k\n  when: loss > 1\n  keys: [grad_norm]\n")))
+    monitor.log(1, {"loss": 2.0})
+    monitor.log(2, {"grad_norm": 1.0})
+    assert [a.step for a in monitor.alerts if a.rule == "k"] == [2]
+    with pytest.raises(RuleError, match="expected text, got int"):
+        parse_rules(3)
+    with pytest.raises(RuleSyntaxError, match="rule text too large"):
+        parse_rules("- id: x\n  when: loss > 1\n" + "#" * 1_000_001)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("- id: x\n  when: loss > 1 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(RuleSyntaxError, match="not UTF-8 text"):
+        load_rule_file(bad)
+    from ptt_nb.rules.dsl import compile_expr
+
+    with pytest.raises(RuleError, match="names no metric"):
+        DslRule(id="s", when=compile_expr("step > 3"))
 
 
 def test_one_line_rule_errors_name_the_source():
@@ -390,6 +423,8 @@ def test_backtest_matches_the_live_monitor():
     assert result.examples == [{"value": pytest.approx(-0.6), "rewards/margins": -1.0}]
     assert result.checked == result.log_points == 80 and result.error is None
     assert "would have fired 1 time(s), first at step 48" in result.summary()
+    quiet = backtest("`rewards/margins` > 5", history_from(margins))
+    assert quiet.summary() == f"{quiet.rule_id}: would not have fired (80 of 80 log points checked)"
     # a rule object that is live elsewhere keeps its own state
     (live,) = parse_rules(text)
     live.streak = 2

@@ -90,6 +90,27 @@ def test_values(text, expected):
         assert got == pytest.approx(expected)
 
 
+def test_edge_values():
+    h = MetricHistory()
+    for i in range(1, 6):
+        h.add(i, "train", {"flat": 1.0, "up": float(i)})
+    h.add(6, "train", {"flat": 2.0})
+    ctx = Context(history=h, step=6)
+    assert ev("zscore(flat, 5)", ctx) == math.inf  # a constant window, then a change
+    assert ev("zscore(up, 4)", ctx) == pytest.approx((5 - 2.5) / (1.4826 * 1.0))
+    assert ev("std(flat, 1)", ctx) == 0.0 and ev("count(nothing)", ctx) == 0.0 and ev("count(flat, 100)", ctx) == 6
+    assert ev("+up + up ** -1", ctx) == pytest.approx(5.2)
+    assert ev("pct_change(flat, 1)", ctx) == 1.0 and ev("1 == 1.0 != 2", ctx) is True
+
+
+def test_non_ascii_text_keeps_columns():
+    with pytest.raises(RuleSyntaxError) as info:
+        compile_expr('m("größe") > 1 and x.y')
+    assert info.value.col == 21
+    with pytest.raises(RuleSyntaxError, match="unterminated string: expected a closing ' on the same line"):
+        compile_expr("loss > 'x\n' ")
+
+
 def test_nan_semantics():
     assert math.isnan(ev("0 / 0"))
     assert math.isnan(ev("nan"))

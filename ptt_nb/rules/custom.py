@@ -567,6 +567,7 @@ def _yaml_rules(text: str, source: str) -> list[Rule]:
         return []
     doc.check_node(root)
     defaults: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    seq: yaml.Node = root
     if isinstance(root, yaml.SequenceNode):
         items = root.value
     elif isinstance(root, yaml.MappingNode):
@@ -579,7 +580,7 @@ def _yaml_rules(text: str, source: str) -> list[Rule]:
             doc.check_node(rules_node)
             if not isinstance(rules_node, yaml.SequenceNode):
                 raise doc.at(rules_node, "rules: must be a list of rules (lines starting with '- ')")
-            items = rules_node.value
+            items, seq = rules_node.value, rules_node
             if "defaults" in top:
                 defaults = doc.mapping(top["defaults"][0])
                 doc.check_node(top["defaults"][0])
@@ -593,7 +594,7 @@ def _yaml_rules(text: str, source: str) -> list[Rule]:
     else:
         raise doc.at(root, "expected a list of rules, a mapping with rules:, or one rule with id: and when:")
     if len(items) > MAX_RULES_PER_FILE:
-        raise doc.at(root, f"too many rules ({len(items)}; the limit is {MAX_RULES_PER_FILE})")
+        raise doc.at(seq, f"too many rules ({len(items)}; the limit is {MAX_RULES_PER_FILE})")
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for item in items:

@@ -1,0 +1,244 @@
+"""Real JupyterLab / Notebook 7 servers and a headless Debian Chromium driven by Playwright.
+
+Offline by construction: the system ``/usr/bin/chromium`` (``apt-get install -y chromium``; never
+``playwright install``), a server on a free local port with a random token, notebooks written into a
+temporary root. Screenshots go to ``test-artifacts/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+BUNDLE = ROOT / "ptt_nb" / "static" / "widget.js"
+
+# Console messages of JupyterLab/Notebook itself that say nothing about the widget (checked by hand).
+BENIGN_CONSOLE = (
+    "favicon",
+    "Failed to load resource: the server responded with a status of 404",  # optional lab/translation files
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.browser)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_notebook(path: Path, cells: list[str]) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+class JupyterServer:
+    """``jupyter lab`` or ``jupyter notebook`` on a temp root; stopped (with its kernels) at teardown."""
+
+    def __init__(self, app: str, root: Path) -> None:
+        self.app, self.root = app, root
+        self.port = _free_port()
+        self.token = secrets.token_hex(16)
+        self.base = f"http://127.0.0.1:{self.port}"
+        home = root.parent / f"{app}-home"
+        home.mkdir(exist_ok=True)
+        env = dict(os.environ)
+        env.update({
+            "JUPYTER_CONFIG_DIR": str(home / "config"),  # no user settings leak in
+            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",  # the test machine has 2 cores for the browser, server and kernel
+            "HF_HUB_OFFLINE": "1",
+        })
+        notify = home / "settings" / "@jupyterlab" / "apputils-extension"
+        notify.mkdir(parents=True, exist_ok=True)  # no "get notified about Jupyter news?" toast over the page
+        (notify / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+        self.log_path = root.parent / f"{app}-server.log"
+        cmd = [sys.executable, "-m", "jupyter", app, "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
+               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
+               "--ServerApp.open_browser=False", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+               "--LabApp.news_url=None", "--LabApp.extension_manager=readonly"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
+            cmd.append("--allow-root")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._wait_up()
+
+    def api(self, path: str, method: str = "GET") -> Any:
+        req = urllib.request.Request(f"{self.base}{path}", method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def _wait_up(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyter {self.app} exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                self.api("/api/status")
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"jupyter {self.app} did not start in {timeout}s: {self.log_path.read_text()[-3000:]}")
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}?token={self.token}"
+
+    def shutdown_kernels(self) -> None:
+        try:
+            for kernel in self.api("/api/kernels"):
+                self.api(f"/api/kernels/{kernel['id']}", method="DELETE")
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.shutdown_kernels()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the server stops its kernels on SIGTERM
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # our own server's process group only
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+def _require_tools() -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: apt-get update && apt-get install -y chromium")
+    pytest.importorskip("playwright.sync_api")
+    if not BUNDLE.exists():
+        pytest.skip(f"{BUNDLE} missing: cd js && npm run build")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    _require_tools()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _server(app: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    _require_tools()
+    root = tmp_path_factory.mktemp(f"{app}-root")
+    server = JupyterServer(app, root)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    yield from _server("lab", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def notebook_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    yield from _server("notebook", tmp_path_factory)
+
+
+class Page:
+    """A browser page with console-error capture and helpers for driving a notebook."""
+
+    def __init__(self, page: Any, name: str) -> None:
+        self.page = page
+        self.name = name
+        self.errors: list[str] = []
+        page.on("console", lambda msg: self._console(msg))
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+
+    def _console(self, msg: Any) -> None:
+        if msg.type == "error" and not any(b in msg.text for b in BENIGN_CONSOLE):
+            self.errors.append(f"console.error: {msg.text}")
+
+    def screenshot(self, label: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"{self.name}-{label}.png"
+        self.page.screenshot(path=str(path), full_page=False)
+        return path
+
+    def wait_js(self, expression: str, timeout: float = 60, arg: Any = None) -> Any:
+        """Poll a JS function body until it returns something truthy; returns that value."""
+        handle = self.page.wait_for_function(expression, arg=arg, timeout=timeout * 1000, polling=200)
+        return handle.json_value()
+
+    def run_all(self, attempts: int = 4) -> None:
+        """Run > Run All Cells (same menu in JupyterLab 4 and Notebook 7), retried until a cell starts: a click
+        made before the kernel connection is up is silently dropped by the front-end."""
+        page = self.page
+        page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+        started = ("() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/"
+                   ".test(e.textContent))")
+        for _ in range(attempts):
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).first.click()
+            try:
+                page.wait_for_function(started, timeout=20_000, polling=250)
+                return
+            except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
+                page.keyboard.press("Escape")
+        raise AssertionError("Run All Cells did not start any cell")
+
+    def assert_no_console_errors(self) -> None:
+        assert self.errors == [], "browser console errors:\n" + "\n".join(self.errors)
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    p = Page(context.new_page(), request.node.name)
+    try:
+        yield p
+    finally:
+        try:
+            p.screenshot("final")
+        except Exception:  # noqa: BLE001 - a screenshot failing must not mask the test result
+            pass
+        context.close()
+
+
+def copy_fixture(src: Path, dst: Path) -> Path:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+    return dst

@@ -148,6 +148,7 @@ class DiagnosticsCallback(TrainerCallback):
         self._state = None
         self._writer: RunWriter | None = None
         self._wrapped = False
+        self._guarded = False  # True while inside our wrapper of trainer.train
         self._finished = True
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
@@ -171,11 +172,14 @@ class DiagnosticsCallback(TrainerCallback):
 
         @functools.wraps(original)
         def train(*args: Any, **kwargs: Any) -> Any:
+            self._guarded = True
             try:
                 return original(*args, **kwargs)
             except BaseException as exc:
                 self._on_exception(exc)
                 raise
+            finally:
+                self._guarded = False
 
         train._ptt_wrapped = True  # type: ignore[attr-defined]
         trainer.train = train  # instance attribute: only this trainer, removed with it
@@ -211,7 +215,7 @@ class DiagnosticsCallback(TrainerCallback):
                 self._prev_sigterm = prev
                 signal.signal(signal.SIGTERM, self._on_sigterm)
                 self._sigterm_installed = True
-        if not self._wrapped:
+        if not self._guarded:
             # added with trainer.add_callback(): the current train() call cannot be wrapped any more, so
             # fall back to IPython's post_run_cell (notebooks) and atexit (scripts) to see how it ended.
             shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None

@@ -34,7 +34,7 @@ def ensure_handler() -> None:
             root_pkg.setLevel(logging.INFO)
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("ptt_nb %(message)s"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
     root_pkg.addHandler(handler)
     if root_pkg.level == logging.NOTSET:
         root_pkg.setLevel(logging.INFO)
@@ -57,10 +57,10 @@ class ConsoleSink:
                          event.resolved_step)
         elif isinstance(event, RunStart):
             where = f"; run folder: {self.run_dir}" if self.run_dir else ""
-            status_log.info("watching %s (%s)%s", event.trainer, event.algorithm, where)
+            status_log.info("ptt_nb: watching %s (%s)%s", event.trainer, event.algorithm, where)
         elif isinstance(event, Control) and event.action == "stop":
-            status_log.warning("stop requested by %s (%s) at step %s: training stops at this step",
+            status_log.warning("ptt_nb: stop requested by %s (%s) at step %s: training stops at this step",
                                event.by, event.reason, event.step)
         elif isinstance(event, RunEnd):
             where = f"; run folder: {self.run_dir}" if self.run_dir else ""
-            status_log.info("run ended at step %s: %s%s", event.step, event.reason, where)
+            status_log.info("ptt_nb: run ended at step %s: %s%s", event.step, event.reason, where)

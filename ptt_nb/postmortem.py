@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,6 @@ from .monitor import Monitor
 from .runfolder import POSTMORTEM_FILE, write_json_atomic
 
 LAST_ALERTS = 20
-
-
-def _clean(values: dict[str, float]) -> dict[str, Any]:
-    return {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else str(v)) for k, v in values.items()}
 
 
 def build(monitor: Monitor, reason: str, *, step: int, traceback: str | None = None,
@@ -31,8 +26,8 @@ def build(monitor: Monitor, reason: str, *, step: int, traceback: str | None = N
         "trainer": run.trainer if run else None,
         "algorithm": run.algorithm if run else None,
         "max_steps": monitor.max_steps,
-        "final_metrics": _clean(monitor.history.latest),
-        "final_eval_metrics": _clean(monitor.history.latest_eval),
+        "final_metrics": dict(monitor.history.latest),
+        "final_eval_metrics": dict(monitor.history.latest_eval),
         "stop": {k: v for k, v in stop.items() if v is not None} or None,
         "last_alerts": [{k: v for k, v in a.__dict__.items() if k not in ("kind", "v")}
                         for a in monitor.alerts[-LAST_ALERTS:]],
@@ -45,7 +40,5 @@ def build(monitor: Monitor, reason: str, *, step: int, traceback: str | None = N
 
 def write(run_dir: str | Path, data: dict[str, Any]) -> Path:
     path = Path(run_dir) / POSTMORTEM_FILE
-    for alert in data.get("last_alerts", []):
-        alert["evidence"] = _clean(alert.get("evidence", {}))
     write_json_atomic(path, data)
     return path

@@ -91,9 +91,23 @@ class RunWriter:
             self._fd = None
 
 
+def json_safe(obj: Any) -> Any:
+    """Strict JSON: non-finite floats become "NaN"/"Infinity" strings, anything unknown its str()."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else ("NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity"))
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write via a temporary file and rename, so a reader never sees half a postmortem."""
     path = Path(path)
+    data = json_safe(data)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str, allow_nan=False)

@@ -93,6 +93,11 @@ def test_yaml_forms_single_rule_list_and_one_line():
     assert len(line) == 1 and line[0].id.startswith("custom_") and line[0].for_steps == 2
     assert parse_rules("mean(`rewards/margins`, 5) < 0 for 2 steps")[0].id == line[0].id  # stable id
     assert parse_rules("") == [] and parse_rules("# only a comment\n") == []
+    (commented,) = parse_rules("# why this rule\n  loss > 2\n")
+    assert commented.when == "loss > 2"
+    with pytest.raises(RuleSyntaxError) as info:
+        parse_rules("# why\nloss > > 2\n", "<cell>")
+    assert (info.value.line, info.value.col) == (1, 8)  # of the stripped text; %%ptt adds the lead back
 
 
 @pytest.mark.parametrize("text, message, line, col", [

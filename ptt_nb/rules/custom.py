@@ -519,6 +519,10 @@ class _Doc:
 _CONSTRUCTOR = yaml.SafeLoader("")
 
 
+def _has_content(text: str) -> bool:
+    return any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines())
+
+
 def _one_line(text: str) -> bool:
     """A string that is an expression rather than YAML: no ``key:`` or ``- `` line start (no expression has one)."""
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
@@ -533,10 +537,12 @@ def parse_rules(text: str, source: str = "<string>", *, known_keys: Iterable[str
     if len(text.encode()) > MAX_FILE_BYTES:
         raise RuleSyntaxError(f"rule text too large ({len(text.encode())} bytes; the limit is {MAX_FILE_BYTES})",
                               source=source)
-    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines()):
+    if not _has_content(text):
         return []
     if _one_line(text):
-        rules: list[Rule] = [_expression_rule(text.strip(), source)]
+        # whole-line comments become empty lines, so positions in what is left stay those of the text
+        lines = ["" if ln.lstrip().startswith("#") else ln for ln in text.split("\n")]
+        rules: list[Rule] = [_expression_rule("\n".join(lines).strip(), source)]
     else:
         rules = _yaml_rules(text, source)
     if known_keys is not None:
@@ -715,7 +721,7 @@ def load_rule_file(path: str | os.PathLike[str], *, known_keys: Iterable[str] | 
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise RuleSyntaxError(f"not UTF-8 text ({exc.reason})", source=str(path)) from None
-    if _one_line(text) and text.strip():
+    if _one_line(text) and _has_content(text):
         raise RuleSyntaxError("expected a YAML rule pack: a list of rules (- id: ... when: ...) or rules:",
                               source=str(path))
     return parse_rules(text, str(path), known_keys=known_keys)

@@ -3,8 +3,11 @@
 1. The whole callback per training step (``DiagnosticsCallback.on_step_end`` + ``on_log``: capture, metric
    history, every built-in rule, writing the ``events.jsonl`` line) replaying real TRL logs recorded in
    ``tests/data/healthy_{dpo,grpo}.jsonl`` (DPO ~15 keys a step, GRPO ~25), looped to a long run.
-2. The engine alone (``Monitor.log`` with all rules, no sinks) on a 20-metric stream, after pre-filling the
+2. The median cost of each rule's check on those streams.
+3. The engine alone (``Monitor.log`` with all rules, no sinks) on a 20-metric stream, after pre-filling the
    history with 1k, 100k and 1M points per key: the cost per log point must not grow with history length.
+
+The recorded runs are short, so they are played forward then backward repeatedly (no jump back to step 1).
 
     python benchmarks/engine.py [--steps N] [--quick]
 Budget (issue 3): mean <= 20 us and p99 <= 200 us per step.
@@ -50,12 +53,20 @@ def recorded(name: str) -> tuple[dict, list[dict[str, float]]]:
     return config, logs
 
 
+def pingpong(logs: list[dict[str, float]], i: int) -> dict[str, float]:
+    """The recorded run played forward then backward, again and again: a long stream with the run's real values
+    and noise but no jump back to step 1 (a sawtooth would be a spike every cycle)."""
+    n = len(logs)
+    k = i % (2 * n - 2)
+    return logs[k if k < n else 2 * n - 2 - k]
+
+
 def stats(samples_ns: list[int]) -> tuple[float, float, float]:
     us = sorted(s / 1000 for s in samples_ns)
     return statistics.fmean(us), us[int(0.99 * (len(us) - 1))], us[len(us) // 2]
 
 
-def bench_callback(name: str, steps: int) -> tuple[float, float, float, int]:
+def bench_callback(name: str, steps: int, exclude: list[str] | None = None) -> tuple[float, float, float, int]:
     """Mean/p99/median µs of on_step_end + on_log, real logs looped with a slow drift (so rules stay busy)."""
     from ptt_nb.callback import DiagnosticsCallback
 
@@ -63,7 +74,7 @@ def bench_callback(name: str, steps: int) -> tuple[float, float, float, int]:
     config = header["config"]
     Args = type(config["config_class"], (), dict(config, output_dir=tempfile.gettempdir(), report_to=[]))
     with tempfile.TemporaryDirectory() as tmp:
-        cb = DiagnosticsCallback(run_dir=Path(tmp) / "run", widget=False, console=False)
+        cb = DiagnosticsCallback(run_dir=Path(tmp) / "run", widget=False, console=False, exclude_rules=exclude)
         state = SimpleNamespace(global_step=0, max_steps=steps, is_world_process_zero=True)
         control = SimpleNamespace(should_training_stop=False)
         args = Args()
@@ -73,8 +84,7 @@ def bench_callback(name: str, steps: int) -> tuple[float, float, float, int]:
         clock = time.perf_counter_ns
         gc.collect()
         for i in range(steps):
-            base = logs[i % len(logs)]
-            logs_i = {k: v * (1.0 + 1e-4 * (i // len(logs))) for k, v in base.items()}  # TRL builds a new dict
+            logs_i = dict(pingpong(logs, i))  # TRL builds a new dict each step
             state.global_step = i + 1
             t0 = clock()
             cb.on_step_end(args, state, control)
@@ -115,7 +125,7 @@ def bench_history(prefill: int, steps: int) -> tuple[float, float, float]:
     clock = time.perf_counter_ns
     gc.collect()
     for i in range(steps):
-        src = logs[i % len(logs)]
+        src = pingpong(logs, i)
         values = {k: src[k] for k in keys}
         step = prefill + i
         t0 = clock()
@@ -123,6 +133,28 @@ def bench_history(prefill: int, steps: int) -> tuple[float, float, float]:
         samples.append(clock() - t0)
     del prefill_s
     return stats(samples)
+
+
+def rule_costs(name: str, steps: int = 5000) -> list[tuple[str, float]]:
+    """Median ns of each rule's check on a recorded stream (timer overhead ~50 ns included)."""
+    header, logs = recorded(name)
+    mon = Monitor()
+    mon.start(RunStart(run_id="bench", trainer="T", algorithm=header["algorithm"], config=header["config"],
+                       max_steps=steps))
+    engine, ctx, clock = mon.engine, mon.ctx, time.perf_counter_ns
+    cost: dict[str, list[int]] = {}
+    for i in range(steps):
+        values = dict(pingpong(logs, i))
+        mon.history.add(i + 1, "train", values)
+        ctx.step, ctx.split, ctx.values = i + 1, "train", values
+        plan = engine._plans.get(("train", tuple(values))) or engine._plan("train", values)
+        engine._plans[("train", tuple(values))] = plan
+        for state, check in plan:
+            t0 = clock()
+            finding = check(ctx)
+            cost.setdefault(state.rule.id, []).append(clock() - t0)
+            state.rule.is_active = finding is not None  # as the engine would tell it
+    return sorted(((rid, sorted(xs)[len(xs) // 2] / 1000) for rid, xs in cost.items()), key=lambda t: -t[1])
 
 
 def main() -> None:
@@ -135,11 +167,17 @@ def main() -> None:
     print(f"\n1. whole callback per step (on_step_end + on_log + all rules + events.jsonl line), {opts.steps} steps")
     print(f"{'stream':<28}{'rules':>6}{'mean µs':>10}{'p99 µs':>10}{'median µs':>11}")
     for name in ("healthy_dpo", "healthy_grpo"):
-        mean, p99, med, n_rules = bench_callback(name, opts.steps)
         _, logs = recorded(name)
-        label = f"{name[8:]} ({len(logs[0])} keys)"
-        print(f"{label:<28}{n_rules:>6}{mean:>10.1f}{p99:>10.1f}{med:>11.1f}")
-    print("\n2. Monitor.log with every rule (no sinks), 20-metric GRPO stream, history pre-filled per key")
+        for exclude in (["*"], None):
+            mean, p99, med, n_rules = bench_callback(name, opts.steps, exclude)
+            label = f"{name[8:]} ({len(logs[0])} keys){', no rules' if exclude else ''}"
+            print(f"{label:<28}{n_rules:>6}{mean:>10.1f}{p99:>10.1f}{med:>11.1f}")
+    print("\n2. per-rule check cost (median µs, incl. ~0.05 µs timer overhead)")
+    for name in ("healthy_dpo", "healthy_grpo"):
+        costs = rule_costs(name)
+        print(f"{name[8:]}: total {sum(c for _, c in costs):.1f} µs: "
+              + ", ".join(f"{rid} {c:.2f}" for rid, c in costs))
+    print("\n3. Monitor.log with every rule (no sinks), 20-metric GRPO stream, history pre-filled per key")
     print(f"{'pre-filled points':<28}{'mean µs':>16}{'p99 µs':>10}{'median µs':>11}")
     sizes = [1_000, 100_000] + ([] if opts.quick else [1_000_000])
     for n in sizes:

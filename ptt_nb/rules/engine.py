@@ -34,6 +34,12 @@ class Finding:
     action: str | None = None
 
 
+# Returned by a rule whose episode is already open (``self.is_active``) and whose severity has not changed:
+# "still holds". It saves building the message on every step of a long episode (the alert keeps the message
+# of its opening step anyway).
+HOLD = Finding("")
+
+
 @dataclass
 class Context:
     """What a rule may look at. One object is reused across calls (no allocation per log point)."""
@@ -74,6 +80,7 @@ class Rule:
     warmup_steps: int = 0  # findings before this global step are ignored (the check still runs: state updates)
     warmup_frac: float = 0.0  # ... and before this fraction of max_steps (when max_steps is known)
     once: bool = False  # after its first episode opens, the rule is never checked again (episode stays open)
+    is_active: bool = False  # set by the engine: an episode of this rule is open (see HOLD)
     source: str = "built-in"
 
     def applies_to(self, algorithm: str) -> bool:
@@ -107,7 +114,7 @@ class Engine:
         self._by_key: dict[str, list[RuleState]] = {}
         # (split, keys of a log point) -> the states to check, in registration order. TRL logs the same key
         # set at every step, so dispatch costs one tuple hash per log point instead of a walk over the keys.
-        self._plans: dict[tuple[str, tuple[str, ...]], list[RuleState]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[RuleState, Any]]] = {}
         for rule in rules:
             self.add(rule)
 
@@ -166,20 +173,20 @@ class Engine:
             plan = self._plan(split, values)
             self._plans[sig] = plan
         out: list[Alert] = []
-        for state in plan:
+        for state, check in plan:
             try:
-                finding = state.rule.check(ctx)
+                finding = check(ctx)
             except Exception as exc:  # a broken rule must never stop training
                 self._disable(state, exc, out)
                 continue
             if finding is None:
                 if state.active is not None:
                     self._resolve(state, step, out)
-            else:
+            elif finding is not HOLD or state.active is None:
                 self._found(state, finding, out)
         return out
 
-    def _plan(self, split: str, values: dict[str, float]) -> list[RuleState]:
+    def _plan(self, split: str, values: dict[str, float]) -> list[tuple[RuleState, Any]]:
         plan: list[RuleState] = []
         seen: set[int] = set()
         by_key = self._by_key
@@ -193,7 +200,7 @@ class Engine:
                     plan.append(state)
         order = {id(s): i for i, s in enumerate(self.states.values())}
         plan.sort(key=lambda s: order[id(s)])
-        return plan
+        return [(s, s.rule.check) for s in plan]
 
     def _run(self, state: RuleState, fn, out: list[Alert]) -> None:
         if state.disabled or state.done:
@@ -224,7 +231,7 @@ class Engine:
         step = self.ctx.step
         rule = state.rule
         if state.active is None:
-            if (rule.warmup_steps or rule.warmup_frac) and self._in_warmup(rule):
+            if finding is HOLD or ((rule.warmup_steps or rule.warmup_frac) and self._in_warmup(rule)):
                 return
             if state.last_resolved is not None and step - state.last_resolved < rule.cooldown:
                 return
@@ -242,12 +249,13 @@ class Engine:
                 panels=list(rule.panels),
             )
             state.active = alert
+            rule.is_active = True
             if rule.once:
                 state.done = True
                 self._plans.clear()
             if not state.muted:
                 out.append(alert)
-        elif finding.severity and _more_severe(finding.severity, state.active.severity):
+        elif finding.severity and finding is not HOLD and _more_severe(finding.severity, state.active.severity):
             # escalation is a new fact worth telling: close the old episode, open a more severe one
             self._resolve(state, step, out)
             self._found(state, finding, out)
@@ -256,6 +264,7 @@ class Engine:
         active = state.active
         assert active is not None
         state.active = None
+        state.rule.is_active = False
         state.last_resolved = step
         resolved = Alert(**{**active.__dict__, "state": "resolved", "resolved_step": step})
         if not state.muted:

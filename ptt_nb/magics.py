@@ -334,7 +334,11 @@ class PttMagics(Magics):
         note = " (a DiagnosticsCallback was added to it)" if added else ""
         print(f"training {args.trainer!r} in the background{note}; `%ptt stop` stops it, `%ptt status` tells how "
               "it goes")
-        started = wait_for_run(generation, REGISTER_WAIT_S, lambda: not job.thread.is_alive())
+        try:
+            started = wait_for_run(generation, REGISTER_WAIT_S, lambda: not job.thread.is_alive())
+        except KeyboardInterrupt:  # an interrupt reaches this cell, not the training thread
+            print("(still training in the background: `%ptt stop` stops it, `%ptt show` shows it)")
+            return
         if started and SESSION.callback is callback and not args.no_show:
             dash = self._show(SESSION.monitor)
             if dash is not None:

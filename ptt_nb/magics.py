@@ -77,8 +77,7 @@ def _line_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     sub.add_parser("show", help="dashboard of the current or last run")
     sub.add_parser("status", help="state of the current run, background training and watcher")
-    rules = sub.add_parser("rules", help="table of the run's rules")
-    rules.add_argument("--all", action="store_true", help="also list rules that never saw their keys (dormant)")
+    sub.add_parser("rules", help="table of the run's rules")
     for name, what in (("mute", "silence"), ("unmute", "un-silence"), ("remove", "drop a custom")):
         p = sub.add_parser(name, help=f"{what} rule RULE")
         p.add_argument("rule", metavar="RULE")
@@ -246,7 +245,7 @@ class PttMagics(Magics):
 
     def _cmd_rules(self, args: argparse.Namespace) -> None:
         monitor = self._current("rules")
-        display(rules_table(monitor, show_dormant=True))
+        display(rules_table(monitor))
 
     def _rule_state(self, monitor: Monitor, rule_id: str, what: str) -> None:
         known = list(monitor.engine.states)
@@ -254,7 +253,7 @@ class PttMagics(Magics):
             if not monitor.evaluate:
                 raise UsageError(f"%ptt {what}: this run was replayed: its rules are not running here (its recorded "
                                  "alerts are shown as they were)")
-            if any(a.rule == rule_id for a in monitor.alerts):
+            if SESSION.source == "watch" and any(a.rule == rule_id for a in monitor.alerts):
                 raise UsageError(f"%ptt {what}: {rule_id!r} runs in the process writing this run, not here; mute it "
                                  "there (or exclude_rules=[...] in its DiagnosticsCallback)")
             raise UsageError(f"%ptt {what}: no rule {rule_id!r} in the current run{_suggest(rule_id, known)}")
@@ -621,7 +620,7 @@ def _job_text(job: TrainingJob) -> str:
     return f"background training: {job.name!r} returned"
 
 
-def rules_table(monitor: Monitor, show_dormant: bool = True) -> Table:
+def rules_table(monitor: Monitor) -> Table:
     """id, severity, state (active/idle/dormant/disabled), fired, muted, source. Rules that ran elsewhere (a
     replayed run, or the process writing a watched run) appear as ``recorded`` with their recorded alerts."""
     engine = monitor.engine
@@ -637,8 +636,6 @@ def rules_table(monitor: Monitor, show_dormant: bool = True) -> Table:
             label = "dormant"
         else:
             label = "idle"
-        if label == "dormant" and not show_dormant:
-            continue
         rows.append([rule_id, state.rule.severity, label, state.fired, state.muted, state.rule.source])
     recorded: dict[str, list[Alert]] = {}
     for alert in list(monitor.alerts):

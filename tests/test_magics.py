@@ -426,6 +426,7 @@ def test_rules_that_ran_elsewhere_show_as_recorded_and_cannot_be_muted_here(ip, 
     from ptt_nb.events import Alert
 
     monitor = live_like(tmp_path)
+    SESSION.source = "watch"  # as when following another process's run folder
     monitor.add_alert(Alert(id="writer_rule@5", rule="writer_rule", severity="high", step=5, message="m"))
     row = next(line.split() for line in run(ip, "%ptt rules")[0].splitlines() if line.startswith("writer_rule"))
     assert row == ["writer_rule", "high", "recorded", "1", "-", "recorded"]

@@ -30,7 +30,6 @@ from .dsl import (
     MAX_FOR,
     DslRuntimeError,
     Expr,
-    NotReady,
     RuleSyntaxError,
     Template,
     compile_expr,
@@ -192,12 +191,7 @@ class DslRule(Rule):
         return None
 
     def check(self, ctx: Context) -> Finding | None:
-        try:
-            fn_value = self.expr.fn(ctx)
-            holds = fn_value == fn_value and fn_value != 0 if type(fn_value) is float else bool(fn_value)
-        except NotReady:
-            holds = False
-        if not holds:
+        if not self.expr.holds(ctx):  # False, or None while not ready
             self.streak = 0
             return None
         self.streak += 1
@@ -265,6 +259,8 @@ class FunctionRule(Rule):
         elif isinstance(result, str):
             finding = Finding(result)
         elif result is True or isinstance(result, np.bool_):
+            if _HOLD is not None and getattr(self, "is_active", False) and self.streak >= self.for_steps:
+                return _HOLD
             text = (self.message.render(ctx, math.nan, self.id) if self.message is not None
                     else f"{self.title} held at step {ctx.step}.")
             finding = Finding(text)

@@ -43,7 +43,7 @@ class Recorder(TrainerCallback):
 def _same(a: list[dict], b: list[dict]) -> bool:
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x.keys() != y.keys():
             return False
         for k in x:

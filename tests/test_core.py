@@ -1,0 +1,171 @@
+"""The core without a trainer: import hygiene, run-folder durability, console format, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+
+import pytest
+
+from ptt_nb import load_run
+from ptt_nb.console import ConsoleSink, format_alert
+from ptt_nb.events import Alert, RunStart
+from ptt_nb.monitor import Monitor
+from ptt_nb.profiles import detect
+from ptt_nb.runfolder import Follower, RunWriter, read_events
+
+from .conftest import REPO, events_of
+
+
+def test_import_is_light_and_changes_no_global_state():
+    code = """
+import logging, signal, sys, warnings
+import numpy, yaml, orjson  # dependencies register their own warning filters; measure ours alone
+before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.excepthook,
+          list(logging.getLogger().handlers), len(warnings.filters), sys.displayhook)
+import ptt_nb
+from ptt_nb import Monitor, load_run
+after = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.excepthook,
+         list(logging.getLogger().handlers), len(warnings.filters), sys.displayhook)
+heavy = [m for m in ("torch", "transformers", "IPython", "matplotlib", "trl", "bokeh", "anywidget") if m in sys.modules]
+print(heavy, before == after)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[] True", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("mros", "expected"), [
+    ([["DPOTrainer", "_BaseTrainer", "Trainer"], ["DPOConfig", "TrainingArguments"]], "dpo"),
+    ([["MyCustomDPO", "DPOTrainer", "Trainer"], ["MyConfig", "DPOConfig"]], "dpo"),  # user subclass
+    ([["PPOv2Trainer", "Trainer"], ["PPOv2Config", "TrainingArguments"]], "ppo"),  # TRL 0.11 rename
+    ([["Trainer"], ["GRPOConfig", "TrainingArguments"]], "grpo"),  # trainer unknown: config decides
+    ([["OnlineDPOTrainer", "Trainer"], ["OnlineDPOConfig"]], "online_dpo"),  # not mistaken for DPO
+    ([["Trainer"], ["TrainingArguments"]], "generic"),
+    ([["FancyRLTrainer", "Trainer"], ["FancyConfig", "TrainingArguments"]], "generic"),
+])
+def test_detection_by_class_names(mros, expected):
+    assert detect(*mros).name == expected
+
+
+def _run(algorithm="dpo") -> RunStart:
+    return RunStart(run_id="r", trainer="DPOTrainer", algorithm=algorithm, max_steps=100)
+
+
+def test_events_survive_a_crash_at_any_byte_and_resume_appends(tmp_path):
+    writer = RunWriter(tmp_path)
+    monitor = Monitor(evaluate=False)
+    monitor.subscribe(writer)
+    monitor.start(_run())
+    for step in range(1, 6):
+        monitor.log(step, {"loss": 1.0 / step, "grad_norm": math.nan if step == 3 else 0.5})
+    writer.close()
+    full = (tmp_path / "events.jsonl").read_bytes()
+    # cut the file at every byte: every complete line stays readable, a partial one is reported, never fatal
+    for cut in range(len(full)):
+        (tmp_path / "events.jsonl").write_bytes(full[:cut])
+        events, problems = read_events(tmp_path)
+        complete = full[:cut].count(b"\n")
+        assert len(events) == complete
+        assert bool(problems) == (cut > 0 and full[cut - 1:cut] != b"\n")
+    # a resumed process appends after a torn line: nothing before it is rewritten
+    torn = full[: len(full) - 7]
+    (tmp_path / "events.jsonl").write_bytes(torn)
+    writer = RunWriter(tmp_path)
+    writer(Alert(id="a@6", rule="x", severity="low", step=6, message="after resume"))
+    writer.close()
+    data = (tmp_path / "events.jsonl").read_bytes()
+    assert data.startswith(torn)
+    events, problems = read_events(tmp_path)
+    assert events[-1].message == "after resume" and len(problems) == 1 and ":6:" in problems[0]
+    monitor = load_run(tmp_path)
+    assert math.isnan(monitor.history.get("grad_norm").values[2])
+
+
+def test_follower_never_misses_or_duplicates_across_partial_lines(tmp_path):
+    path = tmp_path / "events.jsonl"
+    follower = Follower(tmp_path)
+    assert follower.poll() == []
+    line = lambda s: json.dumps({"kind": "metrics", "step": s, "split": "train", "values": {"loss": 1.0}}) + "\n"  # noqa: E731
+    path.write_text(line(1) + line(2)[:10])
+    assert [e.step for e in follower.poll()] == [1]
+    with open(path, "a") as f:
+        f.write(line(2)[10:] + line(3))
+    assert [e.step for e in follower.poll()] == [2, 3]
+    assert follower.poll() == []
+
+
+def test_console_prints_each_episode_once_in_the_seed_format(caplog):
+    monitor = Monitor(evaluate=True)
+    monitor.subscribe(ConsoleSink())
+    caplog.set_level(logging.INFO, logger="ptt_nb")
+    logging.getLogger("ptt_nb").propagate = True
+    try:
+        monitor.start(_run())
+        for step in range(1, 8):
+            monitor.log(step, {"loss": math.nan if 3 <= step <= 5 else 0.5, "grad_norm": 1.0})
+    finally:
+        logging.getLogger("ptt_nb").propagate = False
+    texts = [r.getMessage() for r in caplog.records if r.name == "ptt_nb.alerts"]
+    opened = [t for t in texts if t.startswith("[CRITICAL]")]
+    assert len(opened) == 1
+    lines = opened[0].splitlines()
+    assert lines[0].startswith("[CRITICAL] Non-finite values at step 3")
+    assert lines[1].startswith("Ref: Micikevicius et al. 2018")
+    assert lines[2].startswith("[RECOMMENDED] ")
+    assert sum(t.startswith("[RESOLVED]") for t in texts) == 1
+
+
+def test_format_alert_names_severity_evidence_action_and_reference():
+    alert = Alert(id="x@1", rule="x", severity="high", step=1, message="m", action="do", reference="Ref 2023")
+    assert format_alert(alert).splitlines() == ["[HIGH] m (rule x, step 1)", "Ref: Ref 2023", "[RECOMMENDED] do"]
+
+
+def test_non_numeric_log_values_are_kept_out_and_training_goes_on(tmp_path, caplog):
+    from transformers import TrainerCallback
+
+    from ptt_nb import DiagnosticsCallback
+    from ptt_nb.tiny import make_trainer
+
+    class AddsText(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs["note"] = "a string"
+            logs["table"] = [1, 2]
+
+    run_dir = tmp_path / "run"
+    cb = DiagnosticsCallback(run_dir=run_dir, widget=False, console=False)
+    trainer = make_trainer("sft", tmp_path, callbacks=[AddsText(), cb], max_steps=3)
+    with caplog.at_level(logging.WARNING, logger="ptt_nb"):
+        logging.getLogger("ptt_nb").propagate = True
+        try:
+            trainer.train()
+        finally:
+            logging.getLogger("ptt_nb").propagate = False
+    warnings = {r.getMessage() for r in caplog.records if "non-numeric" in r.getMessage()}
+    assert len(warnings) == 2 and any("'note' at step 1" in w for w in warnings)  # once per key, not per step
+    assert events_of(run_dir)[-1]["reason"] == "finished"
+    assert "note" not in cb.monitor.history and "loss" in cb.monitor.history
+
+
+def test_a_failing_sink_is_detached_and_training_state_is_kept():
+    monitor = Monitor(evaluate=False)
+
+    def broken(event):
+        raise OSError("disk full")
+
+    monitor.subscribe(broken)
+    monitor.start(_run())
+    monitor.log(1, {"loss": 1.0})
+    assert broken not in monitor.sinks and "disk full" in monitor.warnings[0]
+    assert len(monitor.history.get("loss")) == 1
+
+
+def test_heuristic_selection(tmp_path):
+    monitor = Monitor(select=["nonfinite_values"])
+    monitor.start(_run())
+    assert list(monitor.engine.states) == ["nonfinite_values"]
+    monitor = Monitor(exclude=["nonfinite_*"])
+    monitor.start(_run())
+    assert "nonfinite_values" not in monitor.engine.states

@@ -495,6 +495,32 @@ def test_backtest_python_rule_sees_every_key():
     assert backtest(acc_low, history_from([1.0] * 5)).steps == [2]
 
 
+def test_backtest_replays_points_in_live_order_with_growing_history():
+    h = MetricHistory()
+    h.add(1, "train", {"a": 1.0, "b": 2.0})
+    h.add(2, "train", {"a": 3.0})
+    h.add(2, "train", {"a": 4.0})  # the same step twice (a resumed run)
+    h.add(2, "eval", {"eval_loss": 0.5})
+    h.add(3, "train", {"a": 5.0, "b": 6.0})
+    seen = []
+
+    @rule(keys=["a", "b", "eval_loss"], splits=["train", "eval"])
+    def spy(ctx):
+        a = ctx.history.get("a")
+        seen.append((ctx.step, ctx.split, dict(ctx.values), a.window(10).tolist() if a else []))
+        return False
+
+    result = backtest(spy, h)
+    assert seen == [
+        (1, "train", {"a": 1.0, "b": 2.0}, [1.0]),
+        (2, "train", {"a": 3.0}, [1.0, 3.0]),
+        (2, "train", {"a": 4.0}, [1.0, 3.0, 4.0]),
+        (2, "eval", {"eval_loss": 0.5}, [1.0, 3.0, 4.0]),
+        (3, "train", {"b": 6.0, "a": 5.0}, [1.0, 3.0, 4.0, 5.0]),
+    ]
+    assert result.log_points == result.checked == 5
+
+
 def test_backtest_10k_steps_under_a_second():
     rng = np.random.default_rng(0)
     h = MetricHistory()

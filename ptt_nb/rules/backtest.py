@@ -115,23 +115,30 @@ class _ReplayHistory(MetricHistory):
     def points(self) -> list[tuple[int, str, dict[str, float]]]:
         """The recorded log points (step, split, values) in replay order: by step, train before eval; a key
         logged twice at one step (a resumed run) starts a new point so each value is replayed once."""
-        events = []
-        lists: dict[tuple[str, str], list[float]] = {}
+        # series logged at the same steps (the usual case: one TRL log dict) are merged as one group, so the
+        # sort below handles one event per log point and group, not one per key
+        groups: dict[tuple[str, bytes], list[tuple[str, str]]] = {}
         for sk, s in self._full.items():
-            order = 0 if sk[0] == "train" else 1
-            lists[sk] = s.values.tolist()
-            events.extend((step, order, i, sk) for i, step in enumerate(s.steps.tolist()))
+            groups.setdefault((sk[0], s.steps.tobytes()), []).append(sk)
+        events = []
+        members: list[list[tuple[str, list[float]]]] = []
+        for gid, ((split, _), sks) in enumerate(groups.items()):
+            order = 0 if split == "train" else 1
+            members.append([(sk[1], self._full[sk].values.tolist()) for sk in sks])
+            steps = self._full[sks[0]].steps.tolist()
+            events.extend((step, order, i, gid) for i, step in enumerate(steps))
         events.sort()
         out: list[tuple[int, str, dict[str, float]]] = []
         current: tuple[int, int] | None = None
         vals: dict[str, float] = {}
-        for step, order, i, sk in events:
-            key = sk[1]
-            if (step, order) != current or key in vals:
+        for step, order, i, gid in events:
+            group = members[gid]
+            if (step, order) != current or group[0][0] in vals:
                 vals = {}
-                out.append((step, sk[0], vals))
+                out.append((step, "train" if order == 0 else "eval", vals))
                 current = (step, order)
-            vals[key] = lists[sk][i]
+            for key, values in group:
+                vals[key] = values[i]
         return out
 
     def add(self, step: int, split: str, values: dict[str, float]) -> None:

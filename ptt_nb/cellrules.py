@@ -202,11 +202,10 @@ def _normalise(rule: Rule, result: Any) -> Backtest:
                     list(getattr(result, "warnings", []) or []))
 
 
-def marker_alerts(result: Backtest, panels: list[dict[str, Any]]) -> list[Alert]:
-    """The firings as Alert objects (state ``backtest``) on the rule's panels, or on the panels that plot the keys
-    it reads, for a dashboard to draw as markers."""
-    ids = list(result.panels) or [p["id"] for p in panels
-                                  if any(s.get("key") in result.keys for s in p.get("series", []))]
+def marker_alerts(result: Backtest, panel_ids: list[str]) -> list[Alert]:
+    """The firings as Alert objects (state ``backtest``) on the rule's own panels, else on ``panel_ids`` (those
+    that plot the keys it reads), for a dashboard to draw as markers."""
+    ids = list(result.panels) or list(panel_ids)
     return [Alert(id=f"backtest:{result.rule_id}@{f.step}", rule=result.rule_id, severity=f.severity, step=f.step,
                   message=f.message, evidence=dict(f.evidence), state="backtest", resolved_step=f.resolved_step,
                   panels=ids) for f in result.firings]

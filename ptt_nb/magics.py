@@ -103,7 +103,8 @@ def _line_parser() -> _Parser:
 def _cell_parser() -> _Parser:
     parser = _Parser(prog="%%ptt", description="Backtest custom rules on the current run, then add them to it.",
                      usage="%(prog)s [--dry-run] [--severity LEVEL] [--save FILE]")
-    parser.add_argument("--dry-run", action="store_true", help="backtest only; add nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="backtest only; add nothing to the run (--save still saves)")
     parser.add_argument("--severity", choices=SEVERITIES, help="override the rules' severity")
     parser.add_argument("--save", metavar="FILE", help="also append the rules to this YAML rule pack")
     return parser
@@ -154,20 +155,50 @@ def _suggest(name: str, known: list[str]) -> str:
 
 
 def snapshot_history(history: MetricHistory) -> MetricHistory:
-    """A private copy of a history another thread may be appending to (length first, then the prefix)."""
+    """A private copy of a history that the training thread may be appending to, taken without flushing it.
+
+    ``MetricHistory`` queues log points and moves them into its columns on read (``history.series`` flushes);
+    a flush from this thread could race the training thread's ``add``, so the columns (``_series``: length
+    first, then the prefix) and the queue (``_pending``) are copied as they are. A flush between the two reads
+    moves points from the queue into a column: queued points at or below a column's last step are dropped.
+    """
+    pending = list(getattr(history, "_pending", ()))
+    columns = getattr(history, "_series", None)
+    if columns is None:  # a history without a queue
+        columns = history.series
     copy = MetricHistory(cap=history.cap)
-    for (split, key), series in list(history.series.items()):
+    target = copy.series
+    last: dict[tuple[str, str], int] = {}
+    for (split, key), series in list(columns.items()):
         n = series.n
         clone = Series(history.cap, initial=max(n, 1))
         clone.steps[:n] = series.steps[:n]
         clone.values[:n] = series.values[:n]
         clone.n = n
-        copy.series[(split, key)] = clone
-    copy.last_step = history.last_step
+        target[(split, key)] = clone
+        last[(split, key)] = int(clone.steps[n - 1]) if n else -1
+    for step, split, values in pending:
+        fresh = {k: v for k, v in values.items() if step > last.get((split, k), -1)}
+        if fresh:
+            copy.add(step, split, fresh)
+    copy.last_step = max(history.last_step, copy.last_step)
     copy.latest.update(dict(history.latest))
     copy.latest_eval.update(dict(history.latest_eval))
     copy.summary.update(dict(history.summary))
     return copy
+
+
+def panel_ids_for(monitor: Monitor, keys: tuple[str, ...]) -> list[str]:
+    """Ids of the dashboard panels that plot any of ``keys`` (from the panel specs: the history is not read)."""
+    from . import profiles
+
+    specs = monitor.run.panels if monitor.run else list(monitor.profile.panels)
+    ids = [p["id"] for p in specs if any(profiles.match_key(s["key"], k) or profiles.match_key(s["key"],
+                                                                                            k.removeprefix("eval_"))
+                                         for s in p["series"] for k in keys)]
+    other = set(monitor.other_keys()) - profiles.BOOKKEEPING_KEYS  # as Monitor.panels() lays them out
+    ids += [f"other:{k}" for k in keys if k in other]
+    return ids
 
 
 # -- the magics -----------------------------------------------------------------------------------------------------
@@ -446,6 +477,12 @@ class PttMagics(Magics):
         target: Any = Path(args.run_dir).expanduser() if args.run_dir else self._current("report")
         if isinstance(target, Path) and not target.exists():
             raise UsageError(f"%ptt report: {target} does not exist")
+        if isinstance(target, Monitor) and SESSION.live(target):  # being trained: report a snapshot of it
+            import copy
+
+            live, target = target, copy.copy(target)
+            target.history = snapshot_history(live.history)
+            target.alerts = list(live.alerts)
         try:
             out = write_report(target, args.out)
         except (FileNotFoundError, ValueError) as exc:
@@ -463,7 +500,7 @@ class PttMagics(Magics):
             raise UsageError("%%ptt: the cell is empty; write one or more rules below the %%ptt line")
         sources = self._parse_cell(cell, args.severity)
         monitor = SESSION.monitor
-        if monitor is not None and monitor.run is not None and monitor.history.series:
+        if monitor is not None and monitor.run is not None and monitor.history.last_step > 0:
             self._backtest(monitor, sources)
         else:
             print("no run history yet to backtest on (train, `%ptt watch` or `%ptt replay` first)")
@@ -521,7 +558,7 @@ class PttMagics(Magics):
         if show_backtest is None:
             return
         try:
-            show_backtest(result.rule_id, cellrules.marker_alerts(result, monitor.panels()))
+            show_backtest(result.rule_id, cellrules.marker_alerts(result, panel_ids_for(monitor, result.keys)))
         except Exception as exc:  # noqa: BLE001 - markers are a nicety; the table above has the facts
             print(f"(could not mark the dashboard: {type(exc).__name__}: {exc})")
 

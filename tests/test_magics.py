@@ -431,3 +431,34 @@ def test_rules_that_ran_elsewhere_show_as_recorded_and_cannot_be_muted_here(ip, 
     row = next(line.split() for line in run(ip, "%ptt rules")[0].splitlines() if line.startswith("writer_rule"))
     assert row == ["writer_rule", "high", "recorded", "1", "-", "recorded"]
     assert "runs in the process writing this run" in user_error(ip, "%ptt mute writer_rule")
+
+
+def test_snapshot_history_reads_columns_and_queue_without_flushing_the_live_history():
+    from ptt_nb.history import MetricHistory
+    from ptt_nb.magics import snapshot_history
+
+    live = MetricHistory()
+    for step in range(1, 134):  # 128 go into the columns at once, 5 stay queued
+        live.add(step, "train", {"loss": step / 10, "grad_norm": 1.0})
+    live.add(133, "eval", {"eval_loss": 2.0})
+    queued = len(getattr(live, "_pending", ()))
+    snap = snapshot_history(live)
+    assert len(getattr(live, "_pending", ())) == queued  # the live history was not flushed from this thread
+    steps, values = snap.get("loss").arrays()
+    assert steps.tolist() == list(range(1, 134)) and values[-1] == pytest.approx(13.3)
+    assert snap.get("eval_loss", "eval").arrays()[0].tolist() == [133]
+    if hasattr(live, "_pending") and live._pending:
+        # a flush on the training thread between our two reads: queued points already in a column count once
+        live._pending.insert(0, (128, "train", {"loss": 12.8, "grad_norm": 1.0}))
+        assert snapshot_history(live).get("loss").arrays()[0].tolist() == list(range(1, 134))
+
+
+def test_marker_panels_come_from_the_panel_specs():
+    from ptt_nb.magics import panel_ids_for
+
+    monitor = load_run(RECORDED)
+    assert panel_ids_for(monitor, ("grad_norm",)) == ["optim_grad_norm"]
+    assert panel_ids_for(monitor, ("entropy", "epoch")) == ["other:entropy"]  # epoch is bookkeeping: no panel
+    every = {p["id"] for p in monitor.panels()}
+    assert set(panel_ids_for(monitor, tuple(monitor.history.keys()))) <= every
+    assert panel_ids_for(monitor, ("no_such_key",)) == []

@@ -7,16 +7,24 @@ replayed run folder alike.
 
 What is measured, and why this way:
 - a synchronous gradient all-reduce makes every rank's *step* time equal to the slowest rank's, so step time
-  cannot find a straggler. ``compute_ms`` is the local forward+backward time: from ``on_step_begin`` to the end of
-  the local backward pass (an autograd callback queued from a gradient hook; it runs before DDP's final wait
-  for the all-reduce). ``wait_ms`` is from there to ``on_pre_optimizer_step``: the all-reduce wait (plus the
-  gradient clipping). On CUDA both are CUDA events on the compute stream, read once per interval, so nothing
-  synchronises per step.
-- ``data_ms`` is the time between ``on_step_end`` and the next ``on_step_begin``: the data-loader fetch for the
-  next step (transformers prefetches the micro-batches there), plus logging, evaluation and checkpointing.
+  cannot find a straggler. ``compute_ms`` is the rank's own model work per step: the spans of the forward passes
+  of the trainer's models (policy, reference, reward; forward pre/post hooks) plus the backward pass, from the
+  first gradient reaching the policy's outputs (a tensor hook) to the end of the local autograd graph (a queued
+  autograd callback, which runs before DDP's queued wait for the gradient all-reduce). Collectives that run
+  between those spans (TRL's metric gathers, DDP's all-reduce) are therefore left out: ``wait_ms`` is the rest
+  of the time from ``on_step_begin`` to ``on_pre_optimizer_step`` (mostly waiting for the slowest rank, plus
+  loss arithmetic and gradient clipping). On CUDA the marks are CUDA events on the compute stream, read once per
+  interval, so nothing synchronises per step. Under FSDP/ZeRO-3 the parameter all-gathers inside the forward
+  pass are counted as compute.
+- ``optim_ms`` is ``on_pre_optimizer_step`` to ``on_step_end``; ``step_ms`` is wall time per step over the
+  interval (1/throughput); ``data_ms`` is the time between ``on_step_end`` and the next ``on_step_begin``: the
+  data-loader fetch (transformers prefetches the micro-batches there), plus logging, evaluation, checkpointing.
 - memory: torch.cuda allocated / reserved / peak allocated and the device's total memory; on CPU, the process
-  RSS (``/proc/self/statm``), the peak RSS (``getrusage``) and a limit taken from ``PTT_NB_MEMORY_LIMIT_MB`` or
-  the host's (cgroup-aware) memory divided by the processes on this host.
+  RSS (``/proc/self/statm``), the peak RSS (``getrusage``) and a limit from ``PTT_NB_MEMORY_LIMIT_MB`` or the
+  host's (cgroup-aware) memory divided by the processes on this host. ``PTT_NB_MEMORY_LIMIT_MB`` also overrides
+  the GPU's total memory (a GPU shared with a colocated vLLM engine has less).
+- a user stop seen on rank 0 only (the widget lives there) travels in the same vector, so every rank stops at
+  the same step (``DiagnosticsCallback`` waits for that agreement on multi-process runs).
 
 Failures: a rank that dies leaves the others blocked in a collective until the process group times out (or the
 launcher kills them). Rank 0 runs a small watchdog thread that checks, once a second, whether the processes of
@@ -86,14 +94,20 @@ def _pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X", b"x")
 
 
+def _env_limit_mb() -> float | None:
+    """``PTT_NB_MEMORY_LIMIT_MB``: the memory one rank may use (e.g. a GPU shared with a colocated vLLM)."""
+    env = os.environ.get("PTT_NB_MEMORY_LIMIT_MB")
+    try:
+        return float(env) if env else None
+    except ValueError:
+        return None
+
+
 def _cpu_limit_mb() -> float:
     """Memory one rank may use on a CPU run: ``PTT_NB_MEMORY_LIMIT_MB``, else host (cgroup) memory / local ranks."""
-    env = os.environ.get("PTT_NB_MEMORY_LIMIT_MB")
+    env = _env_limit_mb()
     if env:
-        try:
-            return float(env)
-        except ValueError:
-            pass
+        return env
     total = _NAN
     try:
         with open("/proc/meminfo") as f:
@@ -402,7 +416,7 @@ class RankStatsCollector:
                 "mem_reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
                 "mem_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
                 "mem_limit_mb": (self.memory_limit_mb if self.memory_limit_mb is not None else
-                                 torch.cuda.get_device_properties(dev).total_memory / 2**20),
+                                 _env_limit_mb() or torch.cuda.get_device_properties(dev).total_memory / 2**20),
             }
         out = {"mem_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
         try:
@@ -558,15 +572,31 @@ class RankStatsCollector:
             info["last_gathered_step_per_rank"] = [int(s) if math.isfinite(s) else None for s in self.last["step"]]
         return info
 
-    def close(self) -> None:
-        self._closed.set()
+    def pause(self) -> None:
+        """Stop measuring and gathering (hooks removed). Call it at the same step on every rank."""
         self.enabled = False
+        self._remove_hooks()
+
+    def resume(self) -> None:
+        """Measure again from the next step; the next gather comes at the next scheduled step (every rank alike)."""
+        self._reset_interval()
+        self._t_ready = self._t_last_end = None
+        self._model_hooked = self._hooked_any = False
+        self._depth, self._span_start, self._in_backward, self._bwd_start = 0, None, False, None
+        self.enabled = True
+
+    def _remove_hooks(self) -> None:
         for handle in self._hooks:
             try:
                 handle.remove()
             except Exception:  # noqa: BLE001
                 pass
         self._hooks.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.enabled = False
+        self._remove_hooks()
 
 
 def watch(run_dir: str | os.PathLike[str], *, show: bool | None = None, interval: float = 0.2) -> Any:

@@ -76,8 +76,11 @@ class StragglerRank(_RankRule):
     min_excess_ms = 2.0    # ignore sub-millisecond differences on very fast steps
     persistent_intervals = 10
     calm_intervals = 2     # hysteresis: the episode ends after this many calm intervals
+    noise_k = 3.0          # ... and the excess must stand out of the measured noise (3 robust sigmas)
+    noise_window = 8
 
     def __init__(self) -> None:
+        self.ratio_history: dict[int, list[float]] = {}
         self.streak: dict[int, int] = {}
         self.streak_steps: dict[int, int] = {}
         self.calm = 0
@@ -102,7 +105,15 @@ class StragglerRank(_RankRule):
             if others.size and math.isfinite(compute[r]):
                 refs[r] = float(np.median(others))
                 ratios[r] = compute[r] / refs[r] if refs[r] > 0 else math.nan
-        slow = {r for r in range(n) if ratios[r] > self.ratio and compute[r] - refs[r] >= self.min_excess_ms}
+        for r in range(n):
+            if math.isfinite(ratios[r]):
+                hist = self.ratio_history.setdefault(r, [])
+                hist.append(float(ratios[r]))
+                del hist[:-self.noise_window]
+        sigma = {r: self._noise(exclude=r) for r in range(n)}
+        slow = {r for r in range(n)
+                if ratios[r] > max(self.ratio, 1.0 + self.noise_k * sigma[r])
+                and compute[r] - refs[r] >= self.min_excess_ms}
         for r in range(n):
             if r in slow:
                 self.streak[r] = self.streak.get(r, 0) + 1
@@ -140,7 +151,20 @@ class StragglerRank(_RankRule):
         return Finding(message, severity="high" if persistent else None, evidence={
             "rank": float(r), "ratio": float(ratios[r]), "compute_ms": float(compute[r]),
             "median_other_ms": float(refs[r]), "intervals": float(k), "steps": float(k_steps),
-            "persistent": float(persistent)})
+            "persistent": float(persistent), "noise_sigma": float(sigma[r])})
+
+    def _noise(self, exclude: int) -> float:
+        """Robust sigma of the other ranks' compute ratios around their own medians (CPU contention, jitter).
+
+        On a quiet GPU node this is ~0.01 and the 1.2 threshold rules; on an oversubscribed CPU host it is
+        0.1-0.3, and a 1.3x "straggler" that changes rank every interval is noise, not a fail-slow.
+        """
+        devs: list[float] = []
+        for r, hist in self.ratio_history.items():
+            if r != exclude and len(hist) >= 2:
+                med = float(np.median(hist))
+                devs.extend(abs(h - med) for h in hist)
+        return 1.4826 * float(np.median(devs)) if devs else 0.0
 
 
 class MemoryImbalance(_RankRule):

@@ -36,6 +36,8 @@ def main() -> None:
     p.add_argument("--grow-cuda", action="store_true", help="grow GPU memory instead of host memory")
     p.add_argument("--kill-rank", type=int, default=-1)
     p.add_argument("--kill-step", type=int, default=-1)
+    p.add_argument("--stop-step", type=int, default=-1, help="rank 0 asks for a user stop at this step")
+    p.add_argument("--n-rows", type=int, default=256)
     p.add_argument("--timeout", type=int, default=60, help="process-group timeout (TrainingArguments.ddp_timeout)")
     p.add_argument("--cuda", action="store_true")
     p.add_argument("--batch", type=int, default=4)
@@ -82,6 +84,8 @@ def main() -> None:
             state["step"] = st.global_step
 
         def on_step_end(self, args, st, control, **kw):
+            if rank == 0 and st.global_step == a.stop_step:
+                cb.stop()  # what the widget's stop button does: only rank 0 sees it
             if rank == a.grow_rank and a.grow_mb > 0:
                 n = int(a.grow_mb * 2**20)
                 if a.grow_cuda:
@@ -100,7 +104,7 @@ def main() -> None:
     extra = {}
     if a.cuda:
         extra = {"use_cpu": False, "bf16": True}
-    trainer = tiny.make_trainer("dpo", workdir, callbacks=[cb, Faults()], max_steps=a.steps, n_rows=4096,
+    trainer = tiny.make_trainer("dpo", workdir, callbacks=[cb, Faults()], max_steps=a.steps, n_rows=a.n_rows,
                                 ddp_timeout=a.timeout, per_device_train_batch_size=a.batch,
                                 max_length=a.max_length, **extra)
     t0 = time.perf_counter()

@@ -84,6 +84,26 @@ def test_example_pack_loads_with_derived_keys_and_defaults():
     assert rules["beta_out_of_range"].algorithms == frozenset({"dpo"})  # own value beats defaults:
 
 
+def test_grpo_example_pack_reads_slash_keys_without_warnings():
+    rules = load_rule_file(RULES / "grpo_examples.yaml", known_keys=known_keys("grpo"))
+    assert [r.keys for r in rules] == [("frac_reward_zero_std",), ("clip_ratio/region_mean",),
+                                       ("completions/mean_length", "rewards/length_reward/mean"),
+                                       ("completions/clipped_ratio",)]
+    assert all(r.warnings == [] for r in rules)
+    h = MetricHistory()
+    for step in range(1, 31):  # lengths grow by 2 tokens per step, the length reward stays flat
+        h.add(step, "train", {"completions/mean_length": 10.0 + 2 * step, "rewards/length_reward/mean": 0.5,
+                              "frac_reward_zero_std": 1.0 if step > 10 else 0.0, "completions/clipped_ratio": 0.0})
+    results = {r.rule_id: r for r in backtest_many(rules, h, algorithm="grpo")}
+    assert results["lengths_grow_reward_flat"].steps == [20]
+    assert results["lengths_grow_reward_flat"].messages == [
+        "Mean length slope +2.00 tokens/step while the reward slope is +0.000."]
+    # mean over 10 logs > 0.5 from step 16 (6 of 10 at 1.0); fifth consecutive at step 20
+    assert results["zero_std_groups_custom"].steps == [20]
+    assert results["zero_std_groups_custom"].messages[0].startswith("100% of groups")
+    assert results["clip_region_high"].checked == 0 and results["truncation_custom"].steps == []
+
+
 def test_yaml_forms_single_rule_list_and_one_line():
     one = parse_rules("id: r1\nwhen: loss > 2\n")
     assert [r.id for r in one] == ["r1"]

@@ -178,6 +178,8 @@ def test_keys_config_keys_and_value():
     assert e.config_keys == ("beta",)
     assert e.value_text == "mean(`rewards/margins`, 10)"
     assert compile_expr("0 < loss < 1").value_text == "loss"
+    assert compile_expr("count(loss) > 5 and step > 3 and not max(loss, 3) > 1").value_text == "max(loss, 3)"
+    assert compile_expr("step > 3 and frac < 1").value_text == "step"  # only guards: the first one
 
 
 def test_multiline_expression_and_leading_space():

@@ -831,9 +831,20 @@ def _first_refused(tree: ast.AST, comp: _Compiler) -> None:
         raise comp.fail(msg, offset)
 
 
+def _is_guard(node: ast.AST | None) -> bool:
+    """``count(x)``, ``step``, ``frac`` or a config value: a guard such as ``count(x) >= 20 and ...``, not the
+    quantity a message's ``{value}`` should show."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        return node.func.id in ("count", "cfg")
+    if isinstance(node, ast.Name):
+        return node.id in ("step", "frac")
+    return isinstance(node, ast.Attribute)
+
+
 def _value_node(node: ast.AST) -> ast.AST | None:
     if isinstance(node, ast.BoolOp):
-        return _value_node(node.values[0])
+        candidates = [_value_node(v) for v in node.values]
+        return next((c for c in candidates if c is not None and not _is_guard(c)), candidates[0])
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
         return _value_node(node.operand)
     if isinstance(node, ast.Compare):

@@ -599,6 +599,14 @@ def test_rule_dir_in_a_real_dpo_run(tmp_path):
     recorded = [e for e in events_of(tmp_path / "run", "alert") if e["rule"] == "logged_three_times"]
     assert [(e["step"], e["severity"]) for e in recorded] == [(3, "low")]
 
+    # a broken pack stops the run before its first step, naming the file, line and column
+    shutil.copy(RULES / "hostile" / "expr.yaml", rules / "z_broken.yaml")
+    cb = DiagnosticsCallback(run_dir=tmp_path / "run2", rule_dir=rules, console=False, widget=False)
+    trainer = make_trainer("dpo", tmp_path, max_steps=5, callbacks=[cb])
+    with pytest.raises(RuleSyntaxError, match=r"z_broken\.yaml:5:23: when: tuples are not allowed"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
 
 def test_docs_examples_are_valid():
     """docs/rules-language.md: every YAML example loads, the error example is what the loader says."""

@@ -238,7 +238,8 @@ class FunctionRule(Rule):
         self.url = url
         self.algorithms = frozenset(algorithms) if algorithms else None
         self.panels = tuple(panels)
-        self.splits = tuple(splits) if splits else _splits(self.keys)
+        # a Python rule runs at the log points of every split its keys belong to (train, eval or both)
+        self.splits = tuple(splits) if splits else tuple(sorted({split_of(k) for k in self.keys}, reverse=True))
         self.for_steps = for_steps
         self.cooldown = cooldown
         self.warmup_steps, self.warmup_frac, self.once = warmup_steps, warmup_frac, once

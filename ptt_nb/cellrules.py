@@ -245,6 +245,7 @@ class BacktestView:
             lines.extend(f"  {s:>4}  {e:>5}  {sev:<8}  {ev}" for s, e, sev, ev in rows)
             if len(self.result.firings) > MAX_ROWS:
                 lines.append(f"  ... {len(self.result.firings) - MAX_ROWS} more")
+            lines.append(f"  first message: {self.result.firings[0].message}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -257,6 +258,7 @@ class BacktestView:
             for row in rows:
                 parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
             parts.append("</tbody></table>")
+            parts.append(f"<div>first message: {html.escape(self.result.firings[0].message)}</div>")
         parts.append(self._svg())
         parts.append("</div>")
         return "".join(parts)

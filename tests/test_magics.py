@@ -208,6 +208,10 @@ def test_backtest_on_the_recorded_run_gives_the_exact_firing_steps(ip):
     out, _, exc = run(ip, "%%ptt --dry-run\n@rule(id='loss_low', keys=['loss'])\ndef loss_low(ctx):\n"
                           "    return ctx.values['loss'] < 0.66\n")
     assert exc is None and "loss_low: would have fired 2 times, first at step 14 (steps 14, 18)" in out
+    out, _, exc = run(ip, "%%ptt --dry-run\n- id: margins_low\n  when: \"mean(`rewards/margins`, 10) < 0.05\"\n"
+                          "  message: \"margins at {value:.3f}\"\n")
+    assert exc is None and "margins_low: would have fired 1 time, first at step 10" in out
+    assert "first message: margins at 0.026" in out
     out, _, exc = run(ip, "%%ptt --dry-run\nloss > 5\n")
     assert exc is None and "would not have fired on this run (23 log points checked)" in out
 

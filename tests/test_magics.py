@@ -466,3 +466,25 @@ def test_marker_panels_come_from_the_panel_specs():
     every = {p["id"] for p in monitor.panels()}
     assert set(panel_ids_for(monitor, tuple(monitor.history.keys()))) <= every
     assert panel_ids_for(monitor, ("no_such_key",)) == []
+
+
+@pytest.mark.slow
+def test_a_run_trained_in_a_blocking_cell_becomes_current_with_the_session_rules(ip, tmp_path):
+    """DiagnosticsCallback registers its run with the magics (one hook in on_train_begin); rules added with
+    %%ptt before it started are evaluated in it."""
+    out, err, exc = run(ip, "%%ptt\n- id: margin_positive\n  when: \"`rewards/margins` > 0\"\n  severity: low\n")
+    assert exc is None and "added margin_positive to this session" in out
+    ip.user_ns["work"] = str(tmp_path)
+    out, err, exc = run(ip, "from ptt_nb.callback import DiagnosticsCallback\nfrom ptt_nb.tiny import make_trainer\n"
+                            "from transformers import PrinterCallback\n"
+                            "t = make_trainer('dpo', work, max_steps=4, callbacks=[DiagnosticsCallback(widget=False,"
+                            " console=False)])\nt.remove_callback(PrinterCallback)\nt.train()")
+    assert exc is None, err
+    monitor = SESSION.monitor
+    assert SESSION.source == "live" and monitor.state == "finished" and monitor.step == 4
+    assert "margin_positive" in monitor.engine.states
+    out, err, exc = run(ip, "%ptt status")
+    assert "DPOTrainer (dpo)" in out and "finished, step 4/4" in out
+    row = next(line.split() for line in run(ip, "%ptt rules")[0].splitlines() if line.startswith("margin_positive"))
+    assert row[1] == "low" and int(row[3]) >= 1
+    assert "nothing is training" in user_error(ip, "%ptt stop")

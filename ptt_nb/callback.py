@@ -379,9 +379,11 @@ class DiagnosticsCallback(TrainerCallback):
         if monitor is None or not logs:
             return
         values, _text = _numeric(logs, state.global_step, self._warned_keys)
+        # evaluate() prefixes every key (eval_loss, eval_runtime, ...) and adds epoch last; the summary log
+        # carries train_runtime. Checking two keys is enough and keeps the per-step cost flat.
         if "train_runtime" in values:
             split = "summary"
-        elif any(k.startswith("eval_") for k in values):
+        elif "eval_runtime" in values or next(iter(values), "").startswith("eval_"):
             split = "eval"
         else:
             split = "train"

@@ -58,7 +58,11 @@ def _has_nonfinite(values: dict[str, float]) -> bool:
 def encode_event(event: Event) -> bytes:
     """One JSON line. NaN/Inf become strings (strict JSON keeps them, unlike orjson's null)."""
     data = event.__dict__
-    if isinstance(event, Metrics) and _has_nonfinite(event.values):
+    if isinstance(event, Metrics):
+        line = _dumps(data)
+        # orjson writes NaN/Inf as null and a metric value is never None: only then re-encode (rare path)
+        if b"null" not in line:
+            return line + b"\n"
         data = {**data, "values": _finite_or_str(event.values)}
     elif isinstance(event, Alert) and _has_nonfinite(event.evidence):
         data = {**data, "evidence": _finite_or_str(event.evidence)}

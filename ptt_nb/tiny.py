@@ -68,8 +68,8 @@ def preference_dataset(n: int = 64, seed: int = 0, *, swap: bool = False):
     rows = {"prompt": [], "chosen": [], "rejected": []}
     for _ in range(n):
         prompt = _sentence(rng, 4)
-        good = "good " + _sentence(rng, 3) + " yes"
-        bad = "bad " + _sentence(rng, 3) + " no"
+        good = " good " + _sentence(rng, 3) + " yes"
+        bad = " bad " + _sentence(rng, 3) + " no"
         rows["prompt"].append(prompt)
         rows["chosen"].append(bad if swap else good)
         rows["rejected"].append(good if swap else bad)
@@ -84,7 +84,7 @@ def unpaired_dataset(n: int = 64, seed: int = 0):
     for i in range(n):
         desirable = i % 2 == 0
         rows["prompt"].append(_sentence(rng, 4))
-        rows["completion"].append(("good " if desirable else "bad ") + _sentence(rng, 3))
+        rows["completion"].append((" good " if desirable else " bad ") + _sentence(rng, 3))
         rows["label"].append(desirable)
     return Dataset.from_dict(rows)
 

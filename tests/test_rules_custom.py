@@ -234,6 +234,28 @@ def test_hostile_packs_are_refused_and_run_nothing(tmp_path):
         load_rule_file(too_big)
 
 
+@pytest.mark.parametrize("pack, message", [
+    ("- id: x\n  when: !!python/name:os.system loss\n", "YAML tag !!python/name:os.system is not allowed"),
+    ("- !!python/object:ptt_nb.rules.custom.DslRule {id: x}\n", "YAML tag !!python/object:"),
+    ("- id: x\n  when: !!python/object/new:subprocess.Popen [[touch, /tmp/x]]\n", "!!python/object/new"),
+    ("- id: x\n  when: !!binary aGVsbG8=\n", "YAML tag !!binary is not allowed"),
+    ("- id: x\n  when: loss > 1\n  panels: !!set {a, b}\n", "YAML tag !!set is not allowed"),
+    ("- id: x\n  when: loss > 1\n  message: '{value.__class__.__mro__}'\n", "dunder names"),
+    ("- id: x\n  when: loss > 1\n  message: '{0.__globals__}'\n", "positional fields"),
+    ("- id: x\n  when: loss > 1\n  message: '{loss:{value}}'\n", "nested fields in a format spec"),
+    ("- id: x\n  when: loss > 1\n  message: '{loss:>99999999999}'\n", "format spec"),
+    ("- id: x\n  when: \"__import__('os').system('touch /tmp/x')\"\n", "dunder names"),
+    ("- id: x\n  when: \"open('/etc/passwd') != 0\"\n", "unknown function open()"),
+    ("- id: x\n  when: 9**9**9 > loss\n", "the exponent of ** must be a number"),
+    ("- id: x\n  when: [1, 2]\n", "when: expected an expression"),
+    ("- id: x\n  when: loss > 1\n  url: 'javascript:alert(1)'\n", "url must be an http(s) link"),
+])
+def test_hostile_yaml_constructs_are_refused(pack, message):
+    with pytest.raises(RuleSyntaxError) as info:
+        parse_rules(pack, "evil.yaml")
+    assert message in str(info.value) and str(info.value).startswith("evil.yaml:")
+
+
 def test_rule_dir_loading(tmp_path, caplog):
     shutil.copy(RULES / "dpo_examples.yaml", tmp_path / "a.yaml")
     (tmp_path / "b.yml").write_text("- id: kl_high\n  when: kl > 5\n")

@@ -659,6 +659,8 @@ def _yaml_rule(doc: _Doc, node: yaml.Node, defaults: dict[str, tuple[yaml.Node, 
     if not isinstance(when_text, str):
         if isinstance(when_text, bool):
             raise doc.at(when_node, "when: expected an expression; YAML read this as a boolean (quote it)")
+        if not isinstance(when_text, (int, float)):
+            raise doc.at(when_node, f"when: expected an expression (text), got a {type(when_text).__name__}")
         when_text = str(when_text)
     try:
         expr_text, inline_for = split_for(when_text)

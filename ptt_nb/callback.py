@@ -116,6 +116,7 @@ class DiagnosticsCallback(TrainerCallback):
         console: print alerts through ``logging`` (default: yes outside notebooks).
         widget: show the live dashboard (default: yes inside a notebook).
         rank_stats_every: steps between per-rank timing/memory gathers on multi-process runs (0: off).
+        report: write ``report.html`` (static, offline) into the run folder when the run ends.
     """
 
     def __init__(
@@ -130,8 +131,10 @@ class DiagnosticsCallback(TrainerCallback):
         console: bool | None = None,
         widget: bool | None = None,
         rank_stats_every: int | None = None,
+        report: bool = False,
     ) -> None:
         self.run_dir_option = run_dir
+        self.report = report
         self.stop_on_critical = stop_on_critical
         self.select, self.exclude = rules, exclude_rules
         self.rule_dir = rule_dir
@@ -416,6 +419,8 @@ class DiagnosticsCallback(TrainerCallback):
                 postmortem.write(self.run_dir, data)
                 monitor.postmortem = data
             monitor.finish(reason, step=step, detail=detail)
+            if self.report and self.rank == 0 and reason != "sigterm":  # a SIGTERM'd process must exit promptly
+                self._write_report(monitor)
         finally:
             self._remove_handlers()
             if self._rank_stats is not None:
@@ -426,6 +431,15 @@ class DiagnosticsCallback(TrainerCallback):
             if reason != "finished" and self.rank == 0:
                 log.warning("ptt_nb: run ended at step %s (%s); postmortem: %s", step, reason,
                             self.run_dir / "postmortem.json" if self.run_dir else "-")
+
+    @staticmethod
+    def _write_report(monitor: Monitor) -> None:
+        try:
+            from .report import write_at_end
+        except ImportError as exc:
+            monitor.warn(f"ptt_nb: no HTML report ({exc}); install ptt-nb[report]")
+            return
+        write_at_end(monitor)
 
     # -- user controls ----------------------------------------------------------------------------------------------
     def stop(self, reason: str = "user_stop") -> None:

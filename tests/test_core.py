@@ -169,3 +169,13 @@ def test_heuristic_selection(tmp_path):
     monitor = Monitor(exclude=["nonfinite_*"])
     monitor.start(_run())
     assert "nonfinite_values" not in monitor.engine.states
+
+
+def test_report_written_at_run_end_when_asked(tmp_path):
+    from ptt_nb import DiagnosticsCallback
+    from ptt_nb.tiny import make_trainer
+
+    cb = DiagnosticsCallback(run_dir=tmp_path / "run", widget=False, console=False, report=True)
+    make_trainer("dpo", tmp_path, callbacks=[cb], max_steps=2).train()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "DPOTrainer" in html and "<script" in html

@@ -109,8 +109,9 @@ def main() -> int:
                 page.mouse.wheel(0, -100)
                 page.wait_for_timeout(30)
             zooms = zooms_after()
-            check(len(zooms) == 1 and zooms[0]["panel"] == "p_1" and zooms[0]["x1"] - zooms[0]["x0"] < 1000,
-                  f"wheel zoom → one zoom message {zooms}")
+            # (one message per pause > 150 ms: a loaded machine may split the gesture, so allow a few)
+            check(1 <= len(zooms) <= 5 and all(z["panel"] == "p_1" for z in zooms)
+                  and zooms[-1]["x1"] - zooms[-1]["x0"] < 1000, f"wheel zoom → zoom message(s) {zooms}")
 
             # zoom answer: replace with a window → panel gets exactly those points
             page.evaluate("""async () => { const {xs, ys} = bench.series(0, 400, 600);

@@ -117,7 +117,10 @@ def test_yaml_forms_single_rule_list_and_one_line():
     assert commented.when == "loss > 2"
     with pytest.raises(RuleSyntaxError) as info:
         parse_rules("# why\nloss > > 2\n", "<cell>")
-    assert (info.value.line, info.value.col) == (1, 8)  # of the stripped text; %%ptt adds the lead back
+    assert (info.value.line, info.value.col) == (2, 8)
+    with pytest.raises(RuleSyntaxError) as info:  # positions are those in the text after its blank lead
+        parse_rules("\n  # why\n\n   loss > > 2\n", "<cell>")
+    assert (info.value.line, info.value.col) == (3, 11)
 
 
 @pytest.mark.parametrize("text, message, line, col", [

@@ -537,9 +537,7 @@ def parse_rules(text: str, source: str = "<string>", *, known_keys: Iterable[str
     if not _has_content(text):
         return []
     if _one_line(text):
-        # whole-line comments become empty lines, so positions in what is left stay those of the text
-        lines = ["" if ln.lstrip().startswith("#") else ln for ln in text.split("\n")]
-        rules: list[Rule] = [_expression_rule("\n".join(lines).strip(), source)]
+        rules: list[Rule] = [_expression_rule(text, source)]
     else:
         rules = _yaml_rules(text, source)
     if known_keys is not None:
@@ -551,12 +549,22 @@ def parse_rules(text: str, source: str = "<string>", *, known_keys: Iterable[str
     return rules
 
 
-def _expression_rule(text: str, source: str) -> DslRule:
+def _expression_rule(raw: str, source: str) -> DslRule:
+    """A one-line rule. Error positions are relative to ``raw.lstrip()`` (what a cell shows after its blank
+    lead); whole-line comments are dropped."""
+    cleaned = "\n".join("" if ln.lstrip().startswith("#") else ln for ln in raw.lstrip().split("\n"))
+    text = cleaned.strip()
+    lead = cleaned[:len(cleaned) - len(cleaned.lstrip())]
     try:
         expr_text, n = split_for(text)
         expr = compile_expr(expr_text)
     except RuleSyntaxError as exc:
-        raise exc.relocate(source, exc.line, exc.col, exc.snippet) from None
+        line, col = exc.line, exc.col
+        if lead:  # comment lines came first: put the position back where it is in the text
+            if line == 1:
+                col += len(lead) - (lead.rfind("\n") + 1)
+            line += lead.count("\n")
+        raise exc.relocate(source, line, col, exc.snippet) from None
     if keyless_problem(expr):
         raise RuleSyntaxError(keyless_problem(expr), source=source)
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]

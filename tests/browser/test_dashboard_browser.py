@@ -27,7 +27,7 @@ PANEL_POINTS = f"""([pid, nth]) => {{
   p.cell.scrollIntoView({{block: "nearest"}});  // panels off screen are drawn lazily
   return Math.max(0, ...p.lines.map(l => l.source.data.x.length));
 }}"""
-SCROLL_TO = f"(nth) => {{ const r = document.querySelectorAll('.ptt-root')[nth]; r && r.scrollIntoView(); }}"
+SCROLL_TO = "(nth) => { const r = document.querySelectorAll('.ptt-root')[nth]; r && r.scrollIntoView(); }"
 PANEL_IDS = f"(nth) => {{ const v = {VIEWS}[nth ?? 0]; return v ? [...v.grid.panels.keys()] : []; }}"
 PANEL_RANGE = f"""([pid, nth]) => {{
   const v = {VIEWS}[nth ?? 0]; const p = v && v.grid.panels.get(pid); if (!p) return null;

@@ -100,6 +100,19 @@ def _rule_row(rule: Any) -> dict[str, Any]:
     }
 
 
+def rules_markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's alert catalog table, generated from the code (``ptt-nb rules --markdown``)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| id | severity | trainers | what it catches | reference |", "|---|---|---|---|---|"]
+    for r in rows:
+        algos = "all" if r["algorithms"] == "all" else ", ".join(r["algorithms"])
+        ref = cell(r["reference"]) + (f" ([link]({r['url']}))" if r["url"] else "")
+        lines.append(f"| `{r['id']}` | {r['severity']} | {algos} | {cell(r['title'])} | {ref} |")
+    return "\n".join(lines)
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     from .events import SEVERITY_RANK
     from .rules.builtin import default_rules
@@ -110,6 +123,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
     rows = sorted((_rule_row(r) for r in rules), key=lambda r: (SEVERITY_RANK.get(r["severity"], 9), r["id"]))
     if args.json:
         print(json.dumps(rows, indent=1))
+        return 0
+    if args.markdown:
+        print(rules_markdown(rows))
         return 0
     width = max(60, shutil.get_terminal_size((100, 24)).columns)
     id_w = max((len(r["id"]) for r in rows), default=2)
@@ -418,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules = sub.add_parser("rules", help="list the built-in heuristics")
     rules.add_argument("--algorithm", help="only the rules that apply to this algorithm (e.g. dpo, grpo)")
     rules.add_argument("--json", action="store_true", help="machine-readable output")
+    rules.add_argument("--markdown", action="store_true", help="the README catalog table")
     rules.set_defaults(func=cmd_rules)
 
     watch = sub.add_parser("watch", help="follow a run folder that another process is writing")

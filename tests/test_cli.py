@@ -281,3 +281,18 @@ def test_summary_collapses_a_flapping_rule() -> None:
     lines = alert_lines(alerts)
     assert [ln.split()[1] for ln in lines[:-1]] == ["flappy", "flappy", "flappy", "other_rule"]
     assert lines[-1] == "… 47 more episodes: flappy ×47 (all are in the HTML report)"
+
+
+def test_readme_rule_table_is_generated_from_the_code():
+    """The README's catalog table must be exactly `ptt-nb rules --markdown` (regenerate it, don't hand-edit)."""
+    import contextlib
+    import io
+
+    from ptt_nb.cli import main as cli_main
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- rules-table:start -->\n(.*?)\n<!-- rules-table:end -->", readme, re.S).group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli_main(["rules", "--markdown"])
+    assert block.strip() == out.getvalue().strip()

@@ -252,6 +252,8 @@ def test_hostile_packs_are_refused_and_run_nothing(tmp_path):
     ("- id: x\n  when: 9**9**9 > loss\n", "the exponent of ** must be a number"),
     ("- id: x\n  when: [1, 2]\n", "when: expected an expression"),
     ("- id: x\n  when: loss > 1\n  url: 'javascript:alert(1)'\n", "url must be an http(s) link"),
+    ('- id: x\n  when: "`a\\ud800` > 1"\n', "text: text contains an invalid character (U+D800)"),
+    ('- id: x\n  when: loss > 1\n  title: "bell\\a"\n', "text contains an invalid character (U+0007)"),
 ])
 def test_hostile_yaml_constructs_are_refused(pack, message):
     with pytest.raises(RuleSyntaxError) as info:

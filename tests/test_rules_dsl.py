@@ -313,6 +313,15 @@ def test_leftmost_forbidden_construct_is_reported():
     assert info.value.col == 15 and "attribute access" in info.value.message
 
 
+@pytest.mark.parametrize("text, col", [("loss\x00 > 1", 5), ("m('\ud800') > 1", 4), ("`a\x1b[2J` > 1", 3)])
+def test_control_characters_and_surrogates_are_refused(text, col):
+    with pytest.raises(RuleSyntaxError, match=r"expression contains an invalid character \(U\+") as info:
+        compile_expr(text)
+    assert info.value.col == col
+    with pytest.raises(RuleSyntaxError, match=r"message contains an invalid character"):
+        compile_template("x " + text)
+
+
 def test_expression_must_be_text():
     with pytest.raises(RuleSyntaxError, match="expected an expression as text, got int"):
         compile_expr(3)

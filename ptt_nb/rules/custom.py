@@ -32,6 +32,7 @@ from .dsl import (
     Expr,
     RuleSyntaxError,
     Template,
+    check_chars,
     compile_expr,
     compile_template,
     split_for,
@@ -451,7 +452,13 @@ class _Doc:
         """Plain Python data of a node (strings, numbers, bools, None, lists, dicts of strings)."""
         self.check_node(node)
         if isinstance(node, yaml.ScalarNode):
-            return yaml.SafeLoader.yaml_constructors[node.tag](_CONSTRUCTOR, node)
+            value = yaml.SafeLoader.yaml_constructors[node.tag](_CONSTRUCTOR, node)
+            if isinstance(value, str):
+                try:
+                    check_chars(value, "text")
+                except RuleSyntaxError as exc:
+                    raise self.relocate(exc, node, value, "text") from None
+            return value
         if isinstance(node, yaml.SequenceNode):
             return [self.value(n) for n in node.value]
         return {k: self.value(v) for k, (v, _kn) in self.mapping(node).items()}

@@ -86,6 +86,16 @@ def _err(msg: str, text: str, offset: int) -> RuleSyntaxError:
     return RuleSyntaxError(msg, line=line, col=col, snippet=snippet)
 
 
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def check_chars(text: str, what: str = "expression") -> None:
+    """Refuse control characters and lone surrogates: they break JSON event files and terminals downstream."""
+    m = _BAD_CHAR.search(text)
+    if m:
+        raise _err(f"{what} contains an invalid character (U+{ord(m.group()):04X})", text, m.start())
+
+
 def line_col(text: str, offset: int) -> tuple[int, int]:
     """1-based (line, column) of a character offset."""
     offset = max(0, min(offset, len(text)))
@@ -863,6 +873,7 @@ def compile_expr(text: str) -> Expr:
         raise RuleSyntaxError(f"expression too long ({len(text)} characters; the limit is {MAX_EXPR_CHARS})")
     if not text.strip():
         raise RuleSyntaxError("expected an expression such as mean(loss, 10) > 2, got nothing")
+    check_chars(text)
     scan = _scan(text)
     flat = scan.flat
     lead = len(flat) - len(flat.lstrip(" "))
@@ -970,6 +981,7 @@ def compile_template(text: str) -> Template:
         raise RuleSyntaxError(f"message must be text, got {type(text).__name__}")
     if len(text) > MAX_TEMPLATE_CHARS:
         raise RuleSyntaxError(f"message too long ({len(text)} characters; the limit is {MAX_TEMPLATE_CHARS})")
+    check_chars(text, "message")
     parts: list[tuple[str, Any, Any]] = []
     keys: list[str] = []
     literal: list[str] = []

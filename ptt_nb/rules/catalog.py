@@ -21,12 +21,22 @@ the catalog's cut-offs, and why:
   DPO run at lr=1e-5 (step 50: loss 0.6903, margin 0.0056, accuracy 1.0): a slow run, not a stuck one. It now
   also needs the policy not to be separating pairs: mean_W10(margins) < 1e-3 or mean_W10(accuracies) < 0.6.
   The lr=0 run (loss 0.69315, margin 0, accuracy 0) still fires, critical.
-- orpo_odds_not_separating / pref_margin_inverted: accuracies are computed on 4-8 pairs per step, so a W10 mean
-  below 0.55 is common in the first ~15 steps of a healthy ORPO run; both need a full window of 10 logs and
-  step >= 20 (catalog: frac >= 0.1 / step >= 50, both kept as well).
-- loss_spike / grad_norm_spike: the robust-z scale has a floor of 2% of the window median (DPO's loss sits at
-  exactly ln 2 for the first steps, MAD = 0, so any change would be "infinite z"), and a window needs 20
-  points before it judges.
+- pref_margin_inverted: rewards tie at 0 before the policy moves (margin exactly 0, accuracy 0: the lr=0 run),
+  which the catalog's "accuracies < 0.45" read as inverted; it now needs mean_W10(margins) < 0 together with a
+  win rate < 0.5 (or < 0.45 alone with a negative margin). KTO logs no accuracies and its healthy tiny runs wander
+  ±0.005 around 0, so there the mean margin must be below −0.01.
+- orpo_odds_not_separating: accuracies are computed on 4-8 pairs per step, so a W10 mean below 0.55 is common in
+  the first ~25 steps of a healthy tiny ORPO run (0.525 at step 23 of 55 at lr 1e-4, log odds +0.009; it separated
+  from step ~28). It needs a full window of 10 logs and step >= 20 (and frac >= 0.1), and opens as medium; it is
+  high (the catalog's severity) once the condition has held for 20 logs in a row.
+- dpo_likelihood_displacement: the catalog's bare signs (chosen reward < 0, slope < 0, margin slope > 0) flapped
+  on noise around 0 in healthy tiny KTO runs (5 episodes in 70 steps); both slopes must now be significant
+  (|t| > 2 over W20) and the window's mean chosen reward negative.
+- loss_spike / grad_norm_spike: the robust-z scale has a floor of 2% of the window median for the loss (DPO's loss
+  sits at exactly ln 2 for the first steps, MAD = 0, so any change would be an "infinite z") and of 0.05 in
+  log(grad_norm) (a 5% change); a window needs 20 points before it judges. The exact median/MAD is computed only
+  when a Huber-clipped running level/scale says the point is 2.5 scales high (tested to find exactly the spikes
+  the brute-force computation finds on noisy, trending, heavy-tailed and stepped series).
 - rl_truncation: the catalog's "> 0.2 for W10" is read as the W10 mean; critical needs every one of the 10
   values > 0.8 (healthy tiny GRPO runs sit at a 0.5-0.8 mean with 16-token completions; a run whose every
   completion is cut off for 10 logs is the wasting-compute case).
@@ -34,7 +44,13 @@ the catalog's cut-offs, and why:
   When the model's size is known (``n_params`` in the config, filled by the callback) the rule is medium only
   for models >= 1B parameters and low below; unknown size is low. LoRA/PEFT (``peft`` in the config) raises
   the cut-off 10x. lr_warmup_missing is low.
-Everything else uses the catalog's numbers as written.
+Everything else uses the catalog's numbers as written. Where the catalog leaves a trigger open, the reading
+chosen here ([F], not calibrated on a real pathology): "X for Wn" = n consecutive logs (streak counters) for
+kto_kl_degenerate, ppo_*; "rose" in rl_reward_overopt = a >= 10% rise of the OLS trend over W50 for reward, KL
+and length alike; rl_kl_runaway (b) compares the W5 KL mean with the one at 75% of the current step and needs
+KL >= 0.01 then >= 1e-3 (KL starts at 0, so "x3" alone fires at once); rl_entropy "monotone fall" = t < −2 over
+W50 and below half its start, with the reward's W50 trend moving < 5%; rl_length_hacking uses no downgrade for
+rule-based rewards (the rule cannot tell them from a learned reward model).
 """
 
 from __future__ import annotations
@@ -494,6 +510,7 @@ class OrpoOddsNotSeparating(Rule):
     def __init__(self) -> None:
         self.odds = Window(10)
         self.acc = Window(10)
+        self.streak = 0
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
@@ -508,14 +525,20 @@ class OrpoOddsNotSeparating(Rule):
         mo = self.odds.mean
         ma = self.acc.mean if self.acc.full else None
         if mo <= 0 or (ma is not None and ma < 0.55):
-            ev = {"log_odds_chosen_mean_w10": mo}
+            self.streak += 1
+            # calibrated: a healthy tiny ORPO run (lr 1e-4) was not separating yet at step 23 of 55 (W10 win rate
+            # 0.525, log odds +0.009) and separated from step ~28: medium first, high once it persists 20 logs
+            sev = "high" if self.streak >= 20 else "medium"
+            if self.is_active and sev == "medium":
+                return HOLD
+            ev = {"log_odds_chosen_mean_w10": mo, "logs": self.streak}
             if ma is not None:
                 ev["accuracy_mean_w10"] = ma
             acc = f", win rate {_g(ma)}" if ma is not None else ""
-            if self.is_active:
-                return HOLD
-            return Finding(f"Mean log odds ratio over the last 10 logs is {_g(mo)}{acc} at step {ctx.step}: the "
-                           "odds-ratio term is not separating chosen from rejected.", ev)
+            return Finding(f"Mean log odds ratio over the last 10 logs is {_g(mo)}{acc} at step {ctx.step} "
+                           f"({self.streak} logs in a row): the odds-ratio term is not separating chosen from "
+                           "rejected.", ev, severity=sev)
+        self.streak = 0
         return None
 
 
@@ -942,8 +965,10 @@ class RlEntropyOutOfBand(Rule):
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
-        h = v.get("entropy", v.get("policy/entropy_avg"))
-        if h is None or not finite(h):
+        h = v.get("entropy")
+        if h is None:
+            h = v.get("policy/entropy_avg")
+        if h is None or h - h != 0.0:
             return None
         self.ent.push(h)
         if self.base.value is None:
@@ -954,13 +979,12 @@ class RlEntropyOutOfBand(Rule):
         b = self.base.value
         if b is None or b <= 0:
             return None
-        frac = ctx.frac
-        if h < 0.3 * b and (not ctx.max_steps or frac <= 0.25):
+        if h < 0.3 * b and (not ctx.max_steps or ctx.step <= 0.25 * ctx.max_steps):
             if self.is_active:
                 return HOLD
             return Finding(f"Entropy {_g(h)} fell below 0.3x its start ({_g(b)}) within the first quarter of "
                            "training: entropy collapse caps performance.", {"entropy": h, "baseline": b})
-        if self.ent.full and self.ent.tstat < -2 and h < 0.5 * b:
+        if h < 0.5 * b and self.ent.full and self.ent.tstat < -2:
             rr = abs(self.reward.slope) * self.reward.n / (abs(self.reward.mean) + 1e-12)
             if rr < 0.05:
                 if self.is_active:

@@ -163,3 +163,18 @@ def test_real_nan_in_weights_stops_the_run(trl_env, tmp_path) -> None:
     nonfinite = [a for a in mon.alerts if a.rule == "nonfinite_values"]
     assert nonfinite and nonfinite[0].severity == "critical" and nonfinite[0].step == 4
     assert mon.end_event.reason == "nonfinite" and trainer.state.global_step == 4
+
+
+def test_real_ppo_logs_raise_no_critical_or_high() -> None:
+    """TRL 1.12 PPOTrainer logs (tests/data/ppo_logs.jsonl, recorded in its own environment): `lr` instead of
+    `learning_rate`, int values, no loss/grad_norm. The PPO rules read them and stay quiet on this healthy run."""
+    lines = [json.loads(x) for x in (DATA / "ppo_logs.jsonl").read_text().splitlines()]
+    meta = next(x for x in lines if x["kind"] == "meta")
+    mon = Monitor()
+    mon.start(RunStart(run_id="ppo", trainer="PPOTrainer", algorithm="ppo", config={"learning_rate": 1e-4},
+                       max_steps=meta["max_steps"]))
+    for x in (x for x in lines if x["kind"] == "log"):
+        mon.log(x["global_step"], {k: float(v) for k, v in x["logs"].items()})
+    assert mon.engine.states["ppo_ratio_out_of_band"].seen_key  # the PPO keys reached the PPO rules
+    assert "rl_kl_runaway" not in mon.engine.dormant()
+    assert not [a for a in mon.alerts if a.severity in ("critical", "high")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import numpy as np
 import pytest
@@ -206,6 +207,19 @@ def test_split_for():
         split_for("loss > 2 for 0 steps")
     with pytest.raises(RuleSyntaxError, match="expected 'for N steps' at the end"):
         split_for("loss > 2 for 3 steps and x")
+    assert split_for("loss > 2 for 3 log points") == ("loss > 2", 3)
+    assert split_for("`x` > 2\n  for 3 steps\n") == ("`x` > 2", 3)
+    assert split_for("loss > 2 xfor 3") == ("loss > 2 xfor 3", None)  # never a partial word
+
+
+def test_split_for_is_linear_on_long_whitespace():
+    t0 = time.perf_counter()
+    for text in ("a" + " " * 1_990 + "b", "a" + " " * 100_000 + "b"):
+        try:
+            split_for(text)
+        except RuleSyntaxError:
+            pass
+    assert time.perf_counter() - t0 < 0.5
 
 
 # -- runtime errors -------------------------------------------------------------------------------------------------

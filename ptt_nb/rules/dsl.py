@@ -907,22 +907,33 @@ def compile_expr(text: str) -> Expr:
 
 # -- "for N steps" suffix -------------------------------------------------------------------------------------------
 
-_FOR_SUFFIX = re.compile(r"\s+for\s+(\S+)(?:\s+(?:steps?|logs?|log\s+points?))?\s*$", re.IGNORECASE)
+_FOR_UNITS = {(), ("step",), ("steps",), ("log",), ("logs",), ("log", "point"), ("log", "points")}
 
 
 def split_for(text: str) -> tuple[str, int | None]:
-    """``"loss > 2 for 3 steps"`` -> ("loss > 2", 3). ``for`` is a Python keyword, so no expression has it."""
-    m = _FOR_SUFFIX.search(text)
-    if m is None:
-        if re.search(r"\bfor\b", text.replace("`", " ")):
-            raise _err("expected 'for N steps' at the end of the expression (N a whole number)", text,
-                       re.search(r"\bfor\b", text).start())
-        return text, None
-    raw = m.group(1)
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_FOR:
-        raise _err(f"expected 'for N steps' with N a whole number from 1 to {MAX_FOR}, got {raw!r}", text,
-                   m.start(1))
-    return text[:m.start()], int(raw)
+    """``"loss > 2 for 3 steps"`` -> ("loss > 2", 3). ``for`` is a Python keyword, so no expression has it.
+
+    Only the last few words are looked at (no regex over the whole text: a long run of spaces must not make it
+    quadratic)."""
+    if len(text) > MAX_EXPR_CHARS + 64:
+        raise RuleSyntaxError(f"expression too long ({len(text)} characters; the limit is {MAX_EXPR_CHARS})")
+    stripped = text.rstrip()
+    base = max(0, len(stripped) - 64)
+    words = [(m.start() + base, m.group()) for m in re.finditer(r"\S+", stripped[base:])]
+    for j in range(len(words) - 2, max(-1, len(words) - 6), -1):
+        pos, word = words[j]
+        if word.lower() != "for" or (pos > 0 and not stripped[pos - 1].isspace()):
+            continue
+        if tuple(w.lower() for _, w in words[j + 2:]) not in _FOR_UNITS:
+            continue
+        npos, raw = words[j + 1]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_FOR:
+            raise _err(f"expected 'for N steps' with N a whole number from 1 to {MAX_FOR}, got {raw!r}", text, npos)
+        return text[:pos].rstrip(), int(raw)
+    m = re.search(r"\bfor\b", text)
+    if m:
+        raise _err("expected 'for N steps' at the end of the expression (N a whole number)", text, m.start())
+    return text, None
 
 
 # -- message templates ----------------------------------------------------------------------------------------------

@@ -534,6 +534,19 @@ def test_backtest_reports_errors_warnings_and_filters():
     assert [(r.rule_id, r.steps) for r in both] == [("a", [1]), ("b", [2])]
 
 
+def test_backtest_of_a_builtin_starts_from_a_fresh_instance():
+    from ptt_nb.rules.builtin import NonFiniteValues
+
+    live = NonFiniteValues()
+    live.grad_streak = 7
+    h = MetricHistory()
+    for step, g in enumerate([1.0, math.nan, math.nan, 1.0], start=1):
+        h.add(step, "train", {"loss": 1.0, "grad_norm": g})
+    result = backtest(live, h, config={"fp16": True})  # fp16: a NaN grad norm must persist for 3 logs
+    assert result.steps == [] and live.grad_streak == 7
+    assert backtest(live, h).steps == [2]
+
+
 def test_backtest_python_rule_sees_every_key():
     @rule(keys=["loss"])
     def acc_low(ctx):

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..events import Alert
 from ..history import MetricHistory, Series
-from .custom import DslRule, as_rules, known_keys, metric_warnings
+from .custom import DslRule, FunctionRule, as_rules, known_keys, metric_warnings
 from .dsl import split_of
 from .engine import Context, Engine, Rule, RuleError
 
@@ -155,10 +155,25 @@ class _ReplayHistory(MetricHistory):
             self.last_step = step
 
 
+def _fresh(rule: Rule) -> Rule:
+    """A rule with no per-run state: custom rules are copied (``on_start`` resets them); other rules (built-ins
+    keep window state, possibly shared) are rebuilt from their class when it takes no arguments."""
+    if isinstance(rule, (DslRule, FunctionRule)):
+        return copy.copy(rule)
+    try:
+        fresh = type(rule)()
+    except TypeError:
+        return copy.deepcopy(rule)
+    for name in ("id", "severity"):  # instance-level overrides (e.g. %%ptt --severity) carry over
+        if name in vars(rule):
+            setattr(fresh, name, vars(rule)[name])
+    return fresh
+
+
 def _run(rule: Rule, history: MetricHistory, algorithm: str, config: dict[str, Any],
          max_steps: int | None) -> BacktestResult:
     t0 = time.perf_counter()
-    rule = copy.copy(rule)  # the same object may be live in a Monitor: never touch its state
+    rule = _fresh(rule)  # the same object may be live in a Monitor: never touch its state
     if isinstance(rule, DslRule):
         rule.warnings = []
         rule._warned = True  # warnings go into the result instead of the log

@@ -17,6 +17,7 @@ import difflib
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -878,7 +879,9 @@ def compile_expr(text: str) -> Expr:
     flat = scan.flat
     lead = len(flat) - len(flat.lstrip(" "))
     try:
-        tree = ast.parse(flat[lead:], mode="eval")
+        with warnings.catch_warnings():  # e.g. "is with a literal": refused below anyway, no stderr noise
+            warnings.simplefilter("ignore")
+            tree = ast.parse(flat[lead:], mode="eval")
     except SyntaxError as exc:
         msg = exc.msg or "invalid syntax"
         if not exc.offset or (exc.lineno or 1) > 1 or lead + exc.offset > len(text.rstrip()):

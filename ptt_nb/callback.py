@@ -135,6 +135,7 @@ class DiagnosticsCallback(TrainerCallback):
     ) -> None:
         self.run_dir_option = run_dir
         self.report = report
+        environment.prefetch()
         self.stop_on_critical = stop_on_critical
         self.select, self.exclude = rules, exclude_rules
         self.rule_dir = rule_dir

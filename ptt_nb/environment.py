@@ -7,13 +7,46 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
+from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
 PACKAGES = ("ptt-nb", "trl", "transformers", "torch", "accelerate", "datasets", "peft", "deepspeed")
 
 
+_prefetch: threading.Thread | None = None
+
+
+def prefetch() -> None:
+    """Read versions and the git commit on a background thread, once per process.
+
+    Reading package metadata and running ``git`` costs ~0.1 s; done when the callback is constructed (before
+    the model and datasets load), it is off the training run's clock by the time ``on_train_begin`` needs it.
+    """
+    global _prefetch
+    if _prefetch is None:
+        _prefetch = threading.Thread(target=_warm, name="ptt_nb-prefetch", daemon=True)
+        _prefetch.start()
+
+
+def _warm() -> None:
+    versions()
+    git_commit()
+
+
+def _wait_prefetch() -> None:
+    if _prefetch is not None and _prefetch is not threading.current_thread():
+        _prefetch.join(timeout=5)
+
+
 def versions() -> dict[str, str]:
+    _wait_prefetch()
+    return dict(_versions())
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -24,6 +57,14 @@ def versions() -> dict[str, str]:
 
 
 def git_commit(cwd: str | None = None) -> str | None:
+    if cwd is None:
+        _wait_prefetch()
+        return _git_commit_here(os.getcwd())
+    return _git_commit_here(cwd)
+
+
+@lru_cache(maxsize=8)
+def _git_commit_here(cwd: str) -> str | None:
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=2)
     except (OSError, subprocess.SubprocessError):

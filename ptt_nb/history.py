@@ -10,9 +10,8 @@ which is what a spike or NaN check needs).
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 import threading
+from operator import itemgetter
 
 import numpy as np
 

@@ -179,3 +179,32 @@ def test_report_written_at_run_end_when_asked(tmp_path):
     make_trainer("dpo", tmp_path, callbacks=[cb], max_steps=2).train()
     html = (tmp_path / "run" / "report.html").read_text()
     assert "DPOTrainer" in html and "<script" in html
+
+
+def test_history_loses_nothing_when_another_thread_reads_it():
+    """The widget's flush thread and the magics read the history while the training thread appends."""
+    import threading
+
+    from ptt_nb.history import MetricHistory
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible to provoke the race
+    try:
+        for _ in range(3):
+            history, done = MetricHistory(), threading.Event()
+
+            def reader(h=history, d=done):
+                while not d.is_set():
+                    h.keys()
+                    h.get("loss")
+
+            thread = threading.Thread(target=reader)
+            thread.start()
+            for i in range(20000):
+                history.add(i, "train", {"loss": float(i), "grad_norm": 1.0})
+            done.set()
+            thread.join()
+            steps, values = history.get("loss").arrays()
+            assert len(values) == 20000 and (values == steps).all()
+    finally:
+        sys.setswitchinterval(old)

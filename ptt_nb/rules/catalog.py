@@ -6,10 +6,10 @@ float arithmetic per log point; anything heavier (a median absolute deviation) r
 says the point may be an outlier. No rule reads ``MetricHistory`` on the hot path.
 
 Not implemented here: ``pref_length_exploitation`` (TRL logs no chosen/rejected or generation lengths; it needs
-tool-side data), the gold-metric half of ``rl_reward_overopt`` (needs a held-out judge), PPO's
-``val/num_eos_tokens`` half of ``rl_truncation`` (a count without its batch size), and the distributed rules
-(``straggler_rank``, ``memory_imbalance``: ``ptt_nb.distributed``). ``nonfinite_values`` is ``builtin``'s rule
-with a fast path added here.
+tool-side data), the gold-metric half of ``rl_reward_overopt`` (needs a held-out judge; its no-gold half needs a
+completion length, which only GRPO/RLOO log), PPO's ``val/num_eos_tokens`` half of ``rl_truncation`` (a count
+without its batch size), and the distributed rules (``straggler_rank``, ``memory_imbalance``:
+``rules.distributed_rules``). ``nonfinite_values`` is ``builtin``'s rule with a fast path added here.
 
 Calibration (the catalog marks most thresholds [F], folklore). Thresholds were replayed against real TRL 1.16
 runs of every trainer on the tiny 2-layer Llama (``tests/data/healthy_*.jsonl``: several seeds and learning
@@ -1485,6 +1485,12 @@ class LrWarmupMissing(Rule):
             ws = cfg.get("warmup_steps") or 0
             wr = cfg.get("warmup_ratio") or 0
             self.warm = (isinstance(ws, (int, float)) and ws > 0) or (isinstance(wr, (int, float)) and wr > 0)
+            if self.warm is False and self.peak is not None:
+                # config-time: no warm-up configured, so the first step already runs at ~the peak LR
+                self.decided = True
+                return Finding(f"No learning-rate warm-up is configured (warmup_steps = {ws}, warmup_ratio = {wr}); "
+                               f"training starts at the peak learning rate {self.peak:g}.",
+                               {"learning_rate": self.peak, "warmup_steps": float(ws)})
         return None
 
     def check(self, ctx: Context) -> Finding | None:

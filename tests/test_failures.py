@@ -239,3 +239,26 @@ def test_kernel_interrupt_in_a_notebook(tmp_path):
     assert errors and errors[0]["ename"] == "KeyboardInterrupt", nb.cells[1].outputs
     assert "kernel alive crashed" in nb.cells[2].outputs[0]["text"]
     _check_postmortem(run_dir, "keyboard_interrupt", 3)
+
+
+def test_resume_from_checkpoint_appends_to_the_same_run_folder(tmp_path):
+    """Default run folder (under output_dir): a resumed run finds it and appends; nothing is truncated."""
+    first = DiagnosticsCallback(widget=False, console=False)
+    trainer = make_trainer("dpo", tmp_path, callbacks=[first], max_steps=4, save_strategy="steps", save_steps=2)
+    trainer.train()
+    run_dir = first.run_dir
+    assert run_dir.parent == tmp_path / "out" / "ptt_nb" and run_dir.name.startswith("dpo-")
+    before = (run_dir / "events.jsonl").read_bytes()
+
+    second = DiagnosticsCallback(widget=False, console=False)
+    trainer = make_trainer("dpo", tmp_path, callbacks=[second], max_steps=6, save_strategy="steps", save_steps=2)
+    trainer.train(resume_from_checkpoint=True)
+    assert second.run_dir == run_dir
+    after = (run_dir / "events.jsonl").read_bytes()
+    assert after.startswith(before)
+    starts = events_of(run_dir, "run_start")
+    assert [s["resumed_from_step"] for s in starts] == [None, 4]
+    steps = [r["step"] for r in events_of(run_dir, "metrics") if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    monitor = load_run(run_dir)
+    assert monitor.state == "finished" and monitor.step == 6 and len(monitor.history.get("loss")) == 6

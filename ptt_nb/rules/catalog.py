@@ -891,9 +891,11 @@ class RlLengthHacking(Rule):
         if r is None or not finite(ln) or not finite(r):
             return None
         self.pair.push(r, ln)
-        self.base.push(ln)
         b = self.base.value
-        if not self.pair.full or b is None or b <= 0 or ln < 1.5 * b:
+        if b is None:
+            self.base.push(ln)
+            return None
+        if b <= 0 or ln < 1.5 * b or not self.pair.full:
             return None
         corr = self.pair.corr
         if corr < 0.7:
@@ -924,10 +926,11 @@ class RlTruncation(Rule):
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
         c = v.get("completions/clipped_ratio")
-        if c is not None and finite(c):
-            self.clip.push(c)
+        if c is not None and c - c == 0.0:
+            w = self.clip
+            w.push(c)
             self.over80 = self.over80 + 1 if c > 0.8 else 0
-            if self.clip.full and self.clip.mean > 0.2:
+            if w.count == 10 and w.total > 2.0:
                 sev = "critical" if self.over80 >= 10 else None
                 if self.is_active and sev is None:
                     return HOLD
@@ -1372,7 +1375,7 @@ class GradNormSpike(Rule):
         det = self.det
         hit = None
         med = None
-        if det.candidate(lg) or (len(det.ring) >= 20 and lg > det.m + 2.302585):
+        if len(det.ring) >= 20 and (lg - det.m > 2.5 * det.s or lg > det.m + 2.302585):
             mlog, scale = det.exact()
             med = math.exp(mlog)
             z = (lg - mlog) / scale
@@ -1456,10 +1459,11 @@ class GradClipSaturation(Rule):
         if self.max_norm <= 0:
             return None
         g = ctx.values["grad_norm"]
-        if not finite(g):
+        if g - g != 0.0:
             return None
-        self.clipped.push(1.0 if g > self.max_norm else 0.0)
-        if self.clipped.full and self.clipped.mean >= 0.5:
+        w = self.clipped
+        w.push(1.0 if g > self.max_norm else 0.0)
+        if w.count == 50 and w.total >= 25.0:
             if self.is_active:
                 return HOLD
             return Finding(f"grad_norm exceeded max_grad_norm = {_g(self.max_norm)} in {self.clipped.mean:.0%} of the "

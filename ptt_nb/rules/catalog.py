@@ -187,6 +187,7 @@ class DpoLossAtLn2(Rule):
     def on_start(self, ctx: Context) -> Finding | None:
         types = _loss_types(ctx.config)
         self.enabled = types is None or types == ["sigmoid"]
+        self.inert = not self.enabled
         return None
 
     def check(self, ctx: Context) -> Finding | None:
@@ -600,6 +601,7 @@ class SimpoMarginBelowGamma(Rule):
         if "simpo" in (_loss_types(ctx.config) or []):
             g = ctx.config.get("simpo_gamma", 0.5)
             self.gamma = float(g) if isinstance(g, (int, float)) else 0.5
+        self.inert = self.gamma is None
         return None
 
     def check(self, ctx: Context) -> Finding | None:
@@ -1081,6 +1083,7 @@ class GrpoLengthBias(Rule):
         types = _loss_types(ctx.config)
         scale = ctx.config.get("scale_rewards", "group")
         self.enabled = types == ["grpo"] and scale in ("group", True, "true")
+        self.inert = not self.enabled
         return None
 
     def check(self, ctx: Context) -> Finding | None:
@@ -1125,6 +1128,7 @@ class GrpoClipRatio(Rule):
         ga = cfg.get("gradient_accumulation_steps", 1)
         known = "num_iterations" in cfg
         self.enabled = not known or iters > 1 or (isinstance(spg, int) and isinstance(ga, int) and spg > ga)
+        self.inert = not self.enabled
         return None
 
     def check(self, ctx: Context) -> Finding | None:
@@ -1495,7 +1499,9 @@ class LrWarmupMissing(Rule):
             ws = cfg.get("warmup_steps") or 0
             wr = cfg.get("warmup_ratio") or 0
             self.warm = (isinstance(ws, (int, float)) and ws > 0) or (isinstance(wr, (int, float)) and wr > 0)
-            if self.warm is False and self.peak is not None:
+            if self.warm:
+                self.inert = True  # a warm-up is configured: nothing to check in the logs
+            elif self.peak is not None:
                 # config-time: no warm-up configured, so the first step already runs at ~the peak LR
                 self.decided = True
                 return Finding(f"No learning-rate warm-up is configured (warmup_steps = {ws}, warmup_ratio = {wr}); "

@@ -81,6 +81,7 @@ class Rule:
     warmup_frac: float = 0.0  # ... and before this fraction of max_steps (when max_steps is known)
     once: bool = False  # after its first episode opens, the rule is never checked again (episode stays open)
     is_active: bool = False  # set by the engine: an episode of this rule is open (see HOLD)
+    inert: bool = False  # set in ``on_start`` when the run's config makes the rule moot: it is then never checked
     source: str = "built-in"
 
     def applies_to(self, algorithm: str) -> bool:
@@ -158,6 +159,7 @@ class Engine:
         out: list[Alert] = []
         for state in list(self.states.values()):
             self._run(state, state.rule.on_start, out)
+        self._plans.clear()  # on_start may have made rules inert
         return out
 
     def evaluate(self, step: int, split: str, values: dict[str, float]) -> list[Alert]:
@@ -196,7 +198,7 @@ class Engine:
                     continue
                 seen.add(id(state))
                 state.seen_key = True
-                if split in state.rule.splits and not state.disabled and not state.done:
+                if split in state.rule.splits and not (state.disabled or state.done or state.rule.inert):
                     plan.append(state)
         order = {id(s): i for i, s in enumerate(self.states.values())}
         plan.sort(key=lambda s: order[id(s)])

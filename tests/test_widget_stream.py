@@ -74,7 +74,7 @@ def test_ready_sends_init_then_decimated_replace_keeping_extremes() -> None:
     assert init["run"]["trainer"] == "DPOTrainer" and init["ranks"] is None
     assert init["status"]["state"] == "running" and init["status"]["step"] == 10_000
     assert init["status"]["samples_per_s"] == pytest.approx(init["status"]["steps_per_s"] * 4)
-    assert [a["rule"] for a in init["alerts"]] == ["nonfinite_values"]
+    assert "nonfinite_values" in [a["rule"] for a in init["alerts"]]
     series = Sent.series(data, buffers)
     steps, values, entry = series[(None, "grad_norm", "train")]
     assert entry["mode"] == "replace" and entry["n"] <= 2000

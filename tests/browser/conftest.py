@@ -119,8 +119,8 @@ class JupyterServer:
                 time.sleep(0.3)
         raise RuntimeError(f"jupyter {self.app} did not start in {timeout}s: {self.log_path.read_text()[-3000:]}")
 
-    def url(self, path: str) -> str:
-        return f"{self.base}{path}?token={self.token}"
+    def url(self, path: str, query: str = "") -> str:
+        return f"{self.base}{path}?{query + '&' if query else ''}token={self.token}"
 
     def shutdown_kernels(self) -> None:
         try:
@@ -187,6 +187,7 @@ class Page:
         self.page = page
         self.name = name
         self.errors: list[str] = []
+        self.server: JupyterServer | None = None
         page.on("console", lambda msg: self._console(msg))
         page.on("pageerror", lambda exc: self._page_error(exc))
 
@@ -198,6 +199,14 @@ class Page:
     def _console(self, msg: Any) -> None:
         if msg.type == "error" and not any(b in msg.text for b in BENIGN_CONSOLE):
             self.errors.append(f"console.error: {msg.text}")
+
+    def open_notebook(self, server: JupyterServer, name: str) -> None:
+        """Open a notebook alone: a fresh Lab workspace (no tabs restored from an earlier test)."""
+        self.server = server
+        if server.app == "lab":
+            self.page.goto(server.url(f"/lab/tree/{name}", "reset"))
+        else:
+            self.page.goto(server.url(f"/notebooks/{name}"))
 
     def screenshot(self, label: str) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -215,8 +224,8 @@ class Page:
         made before the kernel connection is up is silently dropped by the front-end."""
         page = self.page
         page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-        started = ("() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/"
-                   ".test(e.textContent))")
+        started = ("() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]"
+                   ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
         for _ in range(attempts):
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).first.click()
@@ -243,6 +252,8 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Page]:
         except Exception:  # noqa: BLE001 - a screenshot failing must not mask the test result
             pass
         context.close()
+        if p.server is not None:
+            p.server.shutdown_kernels()  # the next test's kernel gets the machine's cores
 
 
 def copy_fixture(src: Path, dst: Path) -> Path:

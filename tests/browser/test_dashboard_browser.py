@@ -25,12 +25,12 @@ PANEL_POINTS = f"""([pid, nth]) => {{
   const v = {VIEWS}[nth ?? 0]; if (!v) return 0;
   const p = v.grid.panels.get(pid); if (!p) return 0;
   p.cell.scrollIntoView({{block: "nearest"}});  // panels off screen are drawn lazily
-  return Math.max(0, ...p.lines.map(l => l.source.data.x.length));
+  return Math.max(0, ...p.lines.map(l => (l.source ? l.source.data.x.length : 0)));  // null until drawn
 }}"""
 SCROLL_TO = "(nth) => { const r = document.querySelectorAll('.ptt-root')[nth]; r && r.scrollIntoView(); }"
 PANEL_IDS = f"(nth) => {{ const v = {VIEWS}[nth ?? 0]; return v ? [...v.grid.panels.keys()] : []; }}"
 PANEL_RANGE = f"""([pid, nth]) => {{
-  const v = {VIEWS}[nth ?? 0]; const p = v && v.grid.panels.get(pid); if (!p) return null;
+  const v = {VIEWS}[nth ?? 0]; const p = v && v.grid.panels.get(pid); if (!p || !p.lines[0].source) return null;
   const x = p.lines[0].source.data.x; return [x[0], x[x.length - 1], x.length];
 }}"""
 
@@ -107,7 +107,7 @@ def _click_stop_and_check(page: Page, run_dir: Path, max_steps: int) -> dict:
 
 def test_lab_live_dpo_panels_alert_stop_and_saved_fallback(lab_server: JupyterServer, page: Page) -> None:
     nb_path, run_dir = _live_notebook(lab_server.root, "live", nan_step=5)
-    page.page.goto(lab_server.url("/lab/tree/live.ipynb"))
+    page.open_notebook(lab_server, "live.ipynb")
     page.run_all()
     page.page.locator(".ptt-root").first.wait_for(timeout=120_000)
     page.page.evaluate(SCROLL_TO, 0)  # panels off screen are drawn lazily
@@ -175,7 +175,7 @@ def test_lab_recorded_4_rank_run_heatmap_zoom_and_redisplay(lab_server: JupyterS
         "assert show(m) is dash  # the same widget displayed again: a second view",
         "other = Dashboard(m)  # a second widget for the same monitor\nother.display();",
     ])
-    page.page.goto(lab_server.url("/lab/tree/ranks.ipynb"))
+    page.open_notebook(lab_server, "ranks.ipynb")
     page.run_all()
     page.wait_js(f"() => {VIEWS}.length === 3", timeout=120)
     for nth in range(3):  # every view rebuilt from Python: 5000 steps min/max-decimated to <= 2000 points
@@ -203,7 +203,7 @@ def test_lab_recorded_4_rank_run_heatmap_zoom_and_redisplay(lab_server: JupyterS
 
 def test_notebook7_stop_during_blocking_train(notebook_server: JupyterServer, page: Page) -> None:
     _nb, run_dir = _live_notebook(notebook_server.root, "nb7", nan_step=0)
-    page.page.goto(notebook_server.url("/notebooks/nb7.ipynb"))
+    page.open_notebook(notebook_server, "nb7.ipynb")
     page.run_all()
     page.page.locator(".ptt-root").first.wait_for(timeout=120_000)
     page.page.evaluate(SCROLL_TO, 0)

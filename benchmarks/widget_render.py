@@ -130,12 +130,20 @@ def main(argv=None) -> int:
                 metrics = cdp.send("Performance.getMetrics")["metrics"]
                 return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
 
+            # CPU seconds used by all Chromium processes (renderer, GPU/raster,
+            # browser): unlike wall-clock figures this barely moves with load.
+            bcdp = browser.new_browser_cdp_session()
+
+            def cpu_s() -> float:
+                return sum(p["cpuTime"] for p in bcdp.send("SystemInfo.getProcessInfo")["processInfo"])
+
             for name, per_s in (("stream_batched_10msg_s", 10), ("stream_unbatched_50msg_s", 50)):
                 fresh()
                 page.evaluate(f"bench.prepareStream({{seconds: {stream_s}, rate: 50, msgsPerSec: {per_s}}})")
-                b0 = busy_s()
+                b0, c0 = busy_s(), cpu_s()
                 results[name] = page.evaluate("bench.runStream()")
                 results[name]["main_thread_busy_pct"] = 100 * (busy_s() - b0) / results[name]["seconds"]
+                results[name]["chromium_cpu_pct"] = 100 * (cpu_s() - c0) / results[name]["seconds"]
             cdp.detach()
             browser.close()
     finally:
@@ -159,6 +167,7 @@ def main(argv=None) -> int:
               f"(mean {s['mean_apply_ms']:.1f} ms, max {s['max_apply_ms']:.1f} ms per apply); "
               f"frame gaps: max {s['max_gap_ms']:.0f} ms, p99 {s['p99_gap_ms']:.0f} ms, "
               f"median {s['p50_gap_ms']:.1f} ms; renderer main thread busy {s['main_thread_busy_pct']:.0f}%; "
+              f"Chromium CPU {s['chromium_cpu_pct']:.0f}% of one core; "
               f"<= {s['max_points_per_series_in_browser']} points/series kept")
     if errors:
         print(f"{len(errors)} browser errors, first: {errors[:3]}")

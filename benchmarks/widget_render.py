@@ -150,16 +150,19 @@ def main(argv=None) -> int:
         httpd.shutdown()
 
     # Other work on the machine skews every figure: print the load with them.
-    print(f"cpu cores: {os.cpu_count()}  load average (1 min) before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}  "
+    load_after = os.getloadavg()[0]
+    print(f"cpu cores: {os.cpu_count()}  load average (1 min) before/after: {load_before:.1f}/{load_after:.1f}  "
           f"chromium: {args.chromium}  (median of {repeats} runs for replays)")
     for tag in ("first_screen", "all_20_visible"):
         rd, rr = results[f"replay_decimated_{tag}"], results[f"replay_raw_{tag}"]
         print(f"replay 100k steps x 20 metrics [{tag}, {rd['panels_built']} panels built], Python-decimated "
-              f"({rd['points_sent']:,} points): {rd['ms']:.0f} ms to render (first panel {rd['first_panel_ms']:.0f} ms); "
+              f"({rd['points_sent']:,} points): {rd['ms']:.0f} ms to render "
+              f"(first panel {rd['first_panel_ms']:.0f} ms); "
               f"longest frame gap {rd['max_gap_ms']:.0f} ms")
         print(f"replay 100k steps x 20 metrics [{tag}, {rr['panels_built']} panels built], raw "
               f"({rr['points_sent']:,} points, JS decimates to {rr['max_points_per_series_in_browser']}/series): "
-              f"{rr['ms']:.0f} ms to render (first panel {rr['first_panel_ms']:.0f} ms); longest frame gap {rr['max_gap_ms']:.0f} ms")
+              f"{rr['ms']:.0f} ms to render (first panel {rr['first_panel_ms']:.0f} ms); "
+              f"longest frame gap {rr['max_gap_ms']:.0f} ms")
     for name in ("stream_batched_10msg_s", "stream_unbatched_50msg_s"):
         s = results[name]
         print(f"live {name}: {s['log_points']} log points in {s['seconds']:.1f} s; "

@@ -301,3 +301,66 @@ def test_static_summary_stays_small_for_long_runs() -> None:
     html = summary_html(m)
     assert len(html.encode()) < 100_000
     assert "nonfinite_values" in html and "arxiv.org" in html and html.count("<svg") >= 10
+
+
+def test_no_ready_in_time_sends_init_anyway() -> None:
+    """Where comm messages wait for the cell to end (no kernel subshells), "ready" comes too late: the first
+    batch goes out after auto_ready_after seconds instead."""
+    m = _monitor()
+    _log(m, 1)
+    sent = Sent()
+    stream = Stream(m, sent, auto_ready_after=0.2)
+    stream.flush()
+    assert sent.messages == []  # never displayed: nothing to do
+    stream.expect_view()
+    stream.flush()
+    assert sent.messages == []  # displayed just now: give the view its chance to say "ready"
+    time.sleep(0.25)
+    stream.flush()
+    assert [c["type"] for c, _ in sent.messages] == ["init", "data"]
+
+
+def test_real_dpo_run_streams_through_the_callbacks_dashboard(tmp_path) -> None:
+    """DiagnosticsCallback(widget=True) → attach() → Dashboard, on a real tiny TRL DPO run (outside a kernel the
+    comm is ipywidgets' no-op one, so the messages are taken at the Stream's send)."""
+    pytest.importorskip("trl")
+    pytest.importorskip("anywidget")
+    from transformers import TrainerCallback
+
+    from ptt_nb import DiagnosticsCallback
+    from ptt_nb.tiny import make_trainer
+    from ptt_nb.widget import Dashboard
+
+    sent = Sent()
+
+    class ViewReady(TrainerCallback):  # runs after DiagnosticsCallback.on_train_begin created the dashboard
+        def on_train_begin(self, args, state, control, **kwargs):
+            diag.widget.stream._send = sent
+            diag.widget.stream.handle({"type": "ready"})
+
+    diag = DiagnosticsCallback(run_dir=tmp_path / "run", widget=True, console=False)
+    trainer = make_trainer("dpo", tmp_path, callbacks=[diag, ViewReady()], max_steps=6)
+    trainer.train()
+    dash = diag.widget
+    try:
+        assert isinstance(dash, Dashboard) and dash.stream.errors == []
+        dash.stream.flush()
+        kinds = [c["type"] for c, _ in sent.messages]
+        assert "init" in kinds and kinds[-1] == "data"
+        inits = [c for c, _ in sent.messages if c["type"] == "init"]
+        assert "dpo_loss" in [p["id"] for p in inits[-1]["panels"]]
+        view: dict = {}
+        for content, buffers in sent.messages:
+            if content["type"] == "init":
+                view = {}
+                continue
+            for key, (steps, _v, entry) in Sent.series(content, buffers).items():
+                old = view.get(key, [])
+                view[key] = steps.tolist() if entry["mode"] == "replace" else old + steps.tolist()
+        assert view[(None, "loss", "train")] == [1, 2, 3, 4, 5, 6]
+        statuses = [c["status"] for c, _ in sent.messages if c["type"] == "data" and c["status"]]
+        assert statuses[-1]["state"] == "finished" and statuses[-1]["step"] == 6
+        html = dash._repr_mimebundle_()[0]["text/html"]
+        assert "finished" in html and "DPOTrainer" in html
+    finally:
+        dash.close()

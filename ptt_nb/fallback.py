@@ -35,15 +35,22 @@ def _sparkline(monitor: Any, panel: dict[str, Any], buckets: int) -> str:
         if series is None or not len(series):
             continue
         steps, values = series.arrays()
-        steps, values = minmax_decimate(steps, values, buckets)
-        lines.append((s.get("label", s["key"]), steps.astype(np.float64), values.astype(np.float64)))
+        d_steps, d_values = minmax_decimate(steps, values, buckets)
+        # min/max buckets need not keep the ends: add them, so the line spans the whole run
+        x = np.concatenate([steps[:1], d_steps, steps[-1:]]).astype(np.float64)
+        y = np.concatenate([values[:1], d_values, values[-1:]]).astype(np.float64)
+        lines.append((s.get("label", s["key"]), x, y))
     if not lines:
         return ""
+    log_y = panel.get("y_scale") == "log" and all((y[np.isfinite(y)] > 0).all() for _, _, y in lines)
+    if log_y:
+        lines = [(label, x, np.log10(np.where(np.isfinite(y), y, np.nan))) for label, x, y in lines]
     xs = np.concatenate([x for _, x, _ in lines])
     ys = np.concatenate([y for _, _, y in lines])
     ys = ys[np.isfinite(ys)]
     x0, x1 = float(xs.min()), float(xs.max())
     y0, y1 = (float(ys.min()), float(ys.max())) if ys.size else (0.0, 1.0)
+    y_text = (f"{_fmt(10 ** y0)} &ndash; {_fmt(10 ** y1)} (log)" if log_y else f"{_fmt(y0)} &ndash; {_fmt(y1)}")
     if x1 == x0:
         x1 = x0 + 1
     if y1 == y0:
@@ -71,8 +78,8 @@ def _sparkline(monitor: Any, panel: dict[str, Any], buckets: int) -> str:
             f'<div style="font-weight:600">{title}</div>'
             f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" style="border:1px solid #ddd;background:#fff">'
             f'{"".join(paths)}</svg>'
-            f'<div style="font-size:10px;color:#555">steps {x0:.0f}&ndash;{x1:.0f} &middot; y {_fmt(y0)}&ndash;'
-            f'{_fmt(y1)}</div><div style="font-size:10px">{legend}</div></div>')
+            f'<div style="font-size:10px;color:#555">steps {x0:.0f}&ndash;{x1:.0f} &middot; y {y_text}</div>'
+            f'<div style="font-size:10px">{legend}</div></div>')
 
 
 def summary_html(monitor: Any, *, max_panels: int = 16, buckets: int = 50, max_alerts: int = 12) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -41,6 +42,7 @@ def worker(a: argparse.Namespace) -> None:
     rank = int(os.environ.get("RANK", "0"))
     cb = DiagnosticsCallback(run_dir=a.run_dir, rank_stats_every=a.every, console=False, widget=False)
     times: dict[str, list[float]] = {"on": [], "off": []}
+    blocks: dict[int, list[float]] = {}  # block index -> step times (even blocks: on, odd: off)
     mark: dict[str, float | None] = {"t": None}
 
     class Toggle(TrainerCallback):
@@ -60,6 +62,7 @@ def worker(a: argparse.Namespace) -> None:
             # counted in the arm that step ran under; the first step of each block is dropped (switch cost)
             if prev is not None and arm is not None and self.arm(step - 2) == arm:
                 times[arm].append(now - prev)
+                blocks.setdefault((step - 1 - a.warmup) // a.block, []).append(now - prev)
             mark["t"] = now
             collector = cb._rank_stats
             if collector is not None:
@@ -72,7 +75,8 @@ def worker(a: argparse.Namespace) -> None:
     # callbacks run in order: the toggle must flip the collector before the DiagnosticsCallback's step hook
     extra = {"use_cpu": False, "bf16": True} if a.cuda else {}
     workdir = Path(a.workdir)
-    trainer = tiny.make_trainer("dpo", workdir, callbacks=[Toggle(), cb], max_steps=a.steps, n_rows=a.steps * 64,
+    rows = a.steps * a.batch * int(os.environ.get("WORLD_SIZE", "1")) + 64
+    trainer = tiny.make_trainer("dpo", workdir, callbacks=[Toggle(), cb], max_steps=a.steps, n_rows=rows,
                                 per_device_train_batch_size=a.batch, ddp_timeout=120, **extra)
     trainer.train()
     if rank == 0:
@@ -84,6 +88,10 @@ def worker(a: argparse.Namespace) -> None:
                    for s in stats if any(x is not None for x in s.per_rank.get("gather_ms", []))]
         every = cb._rank_stats.every if cb._rank_stats is not None else None
         on, off = statistics.median(times["on"]), statistics.median(times["off"])
+        # adjacent (on, off) block pairs: load that drifts over seconds hits both arms of a pair alike
+        pairs = sorted(statistics.mean(blocks[b]) / statistics.mean(blocks[b + 1])
+                       for b in blocks if b % 2 == 0 and b + 1 in blocks and blocks[b] and blocks[b + 1])
+        q = statistics.quantiles(pairs, n=4) if len(pairs) >= 4 else [math.nan] * 3
         print("RESULT " + json.dumps({
             "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "device": torch.cuda.get_device_name() if a.cuda else "cpu (gloo)",
@@ -91,6 +99,9 @@ def worker(a: argparse.Namespace) -> None:
             "steps_on": len(times["on"]), "steps_off": len(times["off"]),
             "median_step_ms_with_stats": on * 1e3, "median_step_ms_without": off * 1e3,
             "ratio_with_vs_without": on / off,
+            "pair_ratio_median": statistics.median(pairs) if pairs else None,
+            "pair_ratio_iqr": [q[0], q[2]], "pairs": len(pairs),
+            "load_average": os.getloadavg()[0],
             "gather_ms_median_min_over_ranks": statistics.median(gathers) if gathers else None,
             "gather_cost_per_step_pct": (100 * statistics.median(gathers) / every / (off * 1e3)
                                          if gathers and every else None),
@@ -105,7 +116,7 @@ def main() -> None:
     p.add_argument("--launcher", choices=("torchrun", "accelerate"), default="torchrun")
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--block", type=int, default=40, help="steps per on/off block (a multiple of the interval)")
+    p.add_argument("--block", type=int, default=10, help="steps per on/off block (a multiple of the interval)")
     p.add_argument("--every", type=int, default=None, help="gather interval (default: ptt_nb's adaptive default)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--hidden", type=int, default=32)
@@ -136,7 +147,8 @@ def main() -> None:
         args += ["--every", str(a.every)]
     if a.cuda:
         args.append("--cuda")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
+    path = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run([*launch, *args], capture_output=True, text=True, env=env, cwd=REPO)
@@ -147,8 +159,12 @@ def main() -> None:
     result = json.loads(lines[-1][len("RESULT "):])
     result["run_dir"] = run_dir
     print(json.dumps(result, indent=2))
-    print(f"per-step overhead of rank stats: {100 * (result['ratio_with_vs_without'] - 1):+.2f}% "
-          f"(gather alone: {result['gather_cost_per_step_pct']:.3f}% of a step at every={result['every']})")
+    lo, hi = result["pair_ratio_iqr"]
+    print(f"per-step overhead of rank stats: {100 * (result['pair_ratio_median'] - 1):+.2f}% (median of "
+          f"{result['pairs']} on/off block pairs, IQR {100 * (lo - 1):+.1f}%..{100 * (hi - 1):+.1f}%; medians of "
+          f"all steps: {100 * (result['ratio_with_vs_without'] - 1):+.2f}%); the gather alone: "
+          f"{result['gather_cost_per_step_pct']:.3f}% of a step at every={result['every']}; "
+          f"load average {result['load_average']:.1f}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,19 @@ What is measured, and why this way:
 - a user stop seen on rank 0 only (the widget lives there) travels in the same vector, so every rank stops at
   the same step (``DiagnosticsCallback`` waits for that agreement on multi-process runs).
 
+Launchers (nothing to configure): torchrun and ``accelerate launch --multi_gpu`` (also on a CPU-only host, where
+``TrainingArguments(use_cpu=True)`` gives gloo; accelerate 1.15's ``--cpu --num_processes N`` starts a single
+process unless mpirun is used), DeepSpeed/FSDP through accelerate (plain module hooks, nothing engine-specific),
+and ``accelerate.notebook_launcher``. With the notebook launcher the ranks are forked children of the kernel, so
+the dashboard cannot live in them: give the callback a known folder, ``DiagnosticsCallback(run_dir="runs/x")``
+(child rank 0 writes it; the other ranks write nothing), and follow it from the notebook with
+``watch("runs/x")`` (below) or ``%ptt watch runs/x`` — start it before ``notebook_launcher`` blocks the cell, or
+from another cell afterwards.
+
+TRL metrics across ranks: checked on a 2-rank DPO run, every training log value is identical on all ranks
+(TRL and transformers reduce them with ``gather_for_metrics`` / ``_nested_gather`` before logging), except the
+final summary's ``train_runtime`` and rates; so no per-rank spread of TRL metrics is recorded.
+
 Failures: a rank that dies leaves the others blocked in a collective until the process group times out (or the
 launcher kills them). Rank 0 runs a small watchdog thread that checks, once a second, whether the processes of
 the ranks on its own host are still alive; the first dead one is recorded at once as a ``rank_failure`` alert
@@ -276,6 +289,8 @@ class RankStatsCollector:
         self._hooked_any = bool(models)
 
     def _fwd_pre(self, _module: Any, args: tuple, kwargs: dict) -> None:
+        if "begin" not in self._cur:
+            return
         ids = kwargs.get("input_ids") if kwargs else None
         if ids is None and args:
             ids = args[0]
@@ -285,11 +300,15 @@ class RankStatsCollector:
         self._fwd_pre_other(_module, args, kwargs)
 
     def _fwd_pre_other(self, _module: Any, _args: tuple, _kwargs: dict) -> None:
+        if "begin" not in self._cur:
+            return  # evaluation or generation outside a training step: not this step's compute
         if self._depth == 0:
             self._span_start = self.clock.mark()
         self._depth += 1
 
     def _fwd_post(self, _module: Any, _args: tuple, output: Any) -> None:
+        if "begin" not in self._cur:
+            return
         self._depth = max(0, self._depth - 1)
         if self._depth == 0 and self._span_start is not None:
             self._spans.append((self._span_start, self.clock.mark()))
@@ -360,7 +379,7 @@ class RankStatsCollector:
         now = time.perf_counter()
         self._t_last_end = now
         if self.next_gather is None:
-            self.next_gather = (global_step // self.every + 1) * self.every
+            self.next_gather = -(-global_step // self.every) * self.every  # next multiple of every
         if global_step >= self.next_gather:
             try:
                 self._gather(global_step, now)
@@ -501,8 +520,17 @@ class RankStatsCollector:
         while not self._closed.wait(1.0):
             dead = [(r, pid) for r, pid in local if not _pid_alive(pid)]
             if dead:
-                self._record_failure(dead, source="watchdog")
+                if not self._training_done():  # after the last step, ranks leave at their own pace
+                    self._record_failure(dead, source="watchdog")
                 return
+
+    def _training_done(self) -> bool:
+        state = getattr(self.callback, "_state", None)
+        max_steps = getattr(state, "max_steps", 0) or 0
+        monitor = getattr(self.callback, "monitor", None)
+        return bool(getattr(self.callback, "_finished", False)) or self.stop_agreed or (
+            monitor is not None and monitor.stop_requested and (monitor.stop_info or {}).get("by") == "auto_stop"
+        ) or (max_steps > 0 and getattr(state, "global_step", 0) >= max_steps)
 
     def dead_ranks(self, settle_s: float = 0.0) -> list[tuple[int, int]]:
         """Ranks on this host whose process is gone, waiting up to ``settle_s`` for an exit to complete."""
@@ -581,6 +609,7 @@ class RankStatsCollector:
         """Measure again from the next step; the next gather comes at the next scheduled step (every rank alike)."""
         self._reset_interval()
         self._t_ready = self._t_last_end = None
+        self.next_gather = None  # re-aligned to a multiple of ``every`` at the next step (same on every rank)
         self._model_hooked = self._hooked_any = False
         self._depth, self._span_start, self._in_backward, self._bwd_start = 0, None, False, None
         self.enabled = True

@@ -262,3 +262,16 @@ def test_single_process_runs_leave_rank_rules_dormant():
     m = _monitor()
     m.log(1, {"loss": 0.69, "grad_norm": 1.0, "learning_rate": 1e-4})
     assert {"straggler_rank", "memory_imbalance", "memory_growth_oom", "rank_desync"} <= set(m.engine.dormant())
+
+
+@pytest.mark.parametrize(("folder", "slow", "by_step"), [("h200x4_straggler", 1, 40), ("h100x2_straggler", 1, 60)])
+def test_recorded_nccl_runs_replay_to_the_same_findings(folder, slow, by_step):
+    """Run folders recorded on GPUs (benchmarks/gpu/): the rules re-run on them name the slow and the growing rank."""
+    monitor = load_run(REPO / "benchmarks" / "gpu" / folder, evaluate=True)
+    active = {a.rule: a for a in reversed(monitor.alerts)}  # each rule's first episode (maybe resolved since)
+    assert active["straggler_rank"].evidence["rank"] == slow and active["straggler_rank"].step <= by_step
+    assert active["memory_growth_oom"].evidence["rank"] == 0
+    assert active["memory_imbalance"].evidence["rank_max"] == 0
+    stats = monitor.rank_stats[-1].per_rank
+    assert max(stats["step_ms"]) / min(stats["step_ms"]) < 1.01  # NCCL equalises step time ...
+    assert stats["compute_ms"][slow] > 1.3 * max(c for r, c in enumerate(stats["compute_ms"]) if r != slow)

@@ -76,11 +76,11 @@ class StragglerRank(_RankRule):
     min_excess_ms = 2.0    # ignore sub-millisecond differences on very fast steps
     persistent_intervals = 10
     calm_intervals = 2     # hysteresis: the episode ends after this many calm intervals
-    noise_k = 3.0          # ... and the excess must stand out of the measured noise (3 robust sigmas)
+    noise_k = 2.5          # ... and the excess must stand out of the measured jitter (2.5 robust sigmas)
     noise_window = 8
 
     def __init__(self) -> None:
-        self.ratio_history: dict[int, list[float]] = {}
+        self.compute_history: dict[int, list[float]] = {}
         self.streak: dict[int, int] = {}
         self.streak_steps: dict[int, int] = {}
         self.calm = 0
@@ -105,10 +105,12 @@ class StragglerRank(_RankRule):
             if others.size and math.isfinite(compute[r]):
                 refs[r] = float(np.median(others))
                 ratios[r] = compute[r] / refs[r] if refs[r] > 0 else math.nan
+        if self.intervals == 1:
+            return None  # warm-up: the first interval holds compilation, allocator growth, the first batches
         for r in range(n):
-            if math.isfinite(ratios[r]):
-                hist = self.ratio_history.setdefault(r, [])
-                hist.append(float(ratios[r]))
+            if math.isfinite(compute[r]):
+                hist = self.compute_history.setdefault(r, [])
+                hist.append(float(compute[r]))
                 del hist[:-self.noise_window]
         sigma = {r: self._noise(exclude=r) for r in range(n)}
         slow = {r for r in range(n)
@@ -154,17 +156,20 @@ class StragglerRank(_RankRule):
             "persistent": float(persistent), "noise_sigma": float(sigma[r])})
 
     def _noise(self, exclude: int) -> float:
-        """Robust sigma of the other ranks' compute ratios around their own medians (CPU contention, jitter).
+        """Relative jitter of the other ranks' own compute time over the last intervals (robust: 1.4826 MAD/median).
 
-        On a quiet GPU node this is ~0.01 and the 1.2 threshold rules; on an oversubscribed CPU host it is
-        0.1-0.3, and a 1.3x "straggler" that changes rank every interval is noise, not a fail-slow.
+        On a quiet GPU node it is a few percent and the 1.2 threshold rules; on an oversubscribed CPU host it is
+        0.2-0.5, and a 1.5x "straggler" that changes rank every interval is noise, not a fail-slow. The other
+        ranks' own series is used (not their ratio to the candidate, which would measure the candidate itself).
         """
-        devs: list[float] = []
-        for r, hist in self.ratio_history.items():
+        sigmas = []
+        for r, hist in self.compute_history.items():
             if r != exclude and len(hist) >= 2:
                 med = float(np.median(hist))
-                devs.extend(abs(h - med) for h in hist)
-        return 1.4826 * float(np.median(devs)) if devs else 0.0
+                if med > 0:  # from successive differences: a slow drift (growing batches, memory) is not jitter
+                    jumps = np.abs(np.diff(np.asarray(hist)))
+                    sigmas.append(1.4826 * float(np.median(jumps)) / math.sqrt(2.0) / med)
+        return float(np.median(sigmas)) if sigmas else 0.0
 
 
 class MemoryImbalance(_RankRule):

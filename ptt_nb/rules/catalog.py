@@ -1446,8 +1446,8 @@ class GradClipSaturation(Rule):
     severity = "medium"
     keys = ("grad_norm",)
     action = "Clipping is doing the step-size control: lower the LR."
-    reference = "No direct source (catalog: unverified); Wortsman et al. 2023 (arXiv:2309.14322) clip at 1.0"
-    url = "https://arxiv.org/abs/2309.14322"
+    reference, url = cite(24)
+    reference = f"No direct source (catalog: unverified); {reference} trains with clip 1.0"
     panels = GRAD_PANELS
 
     def __init__(self) -> None:

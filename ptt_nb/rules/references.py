@@ -54,6 +54,8 @@ REFS: dict[int, tuple[str, str]] = {
     26: ("OLMo Team 2024, 2 OLMo 2 Furious, arXiv:2501.00656", "https://arxiv.org/abs/2501.00656"),
     27: ("Bekman, Machine Learning Engineering, training/instabilities",
          "https://github.com/stas00/ml-engineering/tree/master/training/instabilities"),
+    24: ("Wortsman et al. 2023, Small-scale proxies for large-scale Transformer training instabilities, "
+         "arXiv:2309.14322", "https://arxiv.org/abs/2309.14322"),
     28: ("Micikevicius et al. 2018, Mixed Precision Training, arXiv:1710.03740", "https://arxiv.org/abs/1710.03740"),
     29: ("Goyal et al. 2017, Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour, arXiv:1706.02677",
          "https://arxiv.org/abs/1706.02677"),
@@ -75,14 +77,16 @@ THREADS = {
 
 
 def cite(*parts: int | str) -> tuple[str, str]:
-    """A reference string joining catalog entries (ints, or free text such as a verified section) and the
-    url of the first entry."""
+    """A reference string joining catalog entries (ints, thread names, or free text such as a verified section
+    appended to the entry before it) and a url: the first arXiv paper's abstract page, else the first link."""
     texts: list[str] = []
     url = ""
     for part in parts:
         if isinstance(part, int):
             text, link = REFS[part]
             texts.append(text)
+            if "arxiv.org" in link and "arxiv.org" not in url:
+                url = link
             url = url or link
         elif part in THREADS:
             texts.append(f"huggingface/{part}" if part.startswith("trl#") else f"Yifan-Song793/{part}")

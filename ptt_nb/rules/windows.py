@@ -9,6 +9,7 @@ once per wrap of the ring, so floating-point drift never accumulates. Non-finite
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from operator import mul
 
 
 def finite(x: float) -> bool:
@@ -31,17 +32,19 @@ class Window:
     def push(self, x: float) -> None:
         i = self.i
         buf = self.buf
-        if self.count == self.n:
+        n = self.n
+        if self.count == n:
             self.total += x - buf[i]
         else:
             self.count += 1
             self.total += x
         buf[i] = x
         i += 1
-        if i == self.n:
-            i = 0
+        if i == n:
+            self.i = 0
             self.total = sum(buf)
-        self.i = i
+        else:
+            self.i = i
 
     @property
     def full(self) -> bool:
@@ -87,11 +90,12 @@ class Trend(Window):
         buf[i] = x
         i += 1
         if i == n:
-            i = 0
+            self.i = 0
             self.total = sum(buf)
-            self.sxy = sum(j * v for j, v in enumerate(buf))
-            self.syy = sum(v * v for v in buf)
-        self.i = i
+            self.sxy = sum(map(mul, range(n), buf))
+            self.syy = sum(map(mul, buf, buf))
+        else:
+            self.i = i
 
     @property
     def slope(self) -> float:
@@ -155,9 +159,9 @@ class PairWindow:
             i = 0
             xs, ys = self.xs, self.ys
             self.sx, self.sy = sum(xs), sum(ys)
-            self.sxx = sum(v * v for v in xs)
-            self.syy = sum(v * v for v in ys)
-            self.sxy = sum(a * b for a, b in zip(xs, ys, strict=True))
+            self.sxx = sum(map(mul, xs, xs))
+            self.syy = sum(map(mul, ys, ys))
+            self.sxy = sum(map(mul, xs, ys))
         self.i = i
 
     @property

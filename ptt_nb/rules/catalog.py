@@ -1428,9 +1428,14 @@ class GradNormZero(Rule):
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
         g = v["grad_norm"]
+        if not -1e-12 < g < 1e-12:  # also for NaN
+            self.streak = 0
+            return None
         lr = _lr(v)
-        zero = abs(g) < 1e-12 and (lr is None or lr > 0)
-        self.streak = self.streak + 1 if zero else 0
+        if lr is not None and lr <= 0:  # lr = 0 is lr_schedule_anomaly's finding
+            self.streak = 0
+            return None
+        self.streak += 1
         if self.streak < 3:
             return None
         if self.is_active:
@@ -1451,7 +1456,8 @@ class GradClipSaturation(Rule):
     panels = GRAD_PANELS
 
     def __init__(self) -> None:
-        self.clipped = Window(50)
+        self.mask = 0  # bit i set: the log i points ago was clipped (last 50 logs)
+        self.count = 0
         self.max_norm = 1.0
 
     def on_start(self, ctx: Context) -> Finding | None:
@@ -1465,13 +1471,17 @@ class GradClipSaturation(Rule):
         g = ctx.values["grad_norm"]
         if g - g != 0.0:
             return None
-        w = self.clipped
-        w.push(1.0 if g > self.max_norm else 0.0)
-        if w.count == 50 and w.total >= 25.0:
+        self.mask = ((self.mask << 1) | (g > self.max_norm)) & 0x3FFFFFFFFFFFF  # 50 bits
+        if self.count < 50:
+            self.count += 1
+            if self.count < 50:
+                return None
+        clipped = self.mask.bit_count()
+        if clipped >= 25:
             if self.is_active:
                 return HOLD
-            return Finding(f"grad_norm exceeded max_grad_norm = {_g(self.max_norm)} in {self.clipped.mean:.0%} of the "
-                           f"last 50 logs (now {_g(g)}).", {"clipped_fraction_w50": self.clipped.mean,
+            return Finding(f"grad_norm exceeded max_grad_norm = {_g(self.max_norm)} in {clipped / 50:.0%} of the "
+                           f"last 50 logs (now {_g(g)}).", {"clipped_fraction_w50": clipped / 50,
                                                             "grad_norm": g, "max_grad_norm": self.max_norm})
         return None
 
@@ -1540,6 +1550,7 @@ class LrScheduleAnomaly(Rule):
     def __init__(self) -> None:
         self.zeros = 0
         self.same = 0
+        self.kind = ""
         self.prev: float | None = None
         self.scheduler: str | None = None
         self.warmup = 0.0
@@ -1558,22 +1569,35 @@ class LrScheduleAnomaly(Rule):
         return None
 
     def check(self, ctx: Context) -> Finding | None:
-        lr = _lr(ctx.values)
+        v = ctx.values
+        lr = v.get("learning_rate")
         if lr is None:
-            return None
+            lr = v.get("lr")
+            if lr is None:
+                return None
         prev = self.prev
         self.prev = lr
-        self.zeros = self.zeros + 1 if lr == 0.0 else 0
-        self.same = self.same + 1 if prev is not None and lr == prev and lr > 0 else 0
+        if lr == 0.0:
+            self.zeros += 1
+            self.same = 0
+        else:
+            self.zeros = 0
+            self.same = self.same + 1 if lr == prev else 0
+        if self.zeros < 3 and self.same < 10:
+            return None
         m = ctx.max_steps
         if self.zeros >= 3 and (not m or ctx.step < 0.99 * m):
-            if self.is_active:
+            if self.is_active and self.kind == "zero":
                 return HOLD
+            self.kind = "zero"
             return Finding(f"learning_rate = 0 for {self.zeros} logs at step {ctx.step}"
                            f"{f' of {m}' if m else ''}: nothing is being learned.",
                            {"learning_rate": lr, "zero_logs": self.zeros})
         if (self.same >= 10 and self.scheduler is not None and self.scheduler not in CONSTANT_SCHEDULERS
                 and ctx.step > self.warmup):
+            if self.is_active and self.kind == "constant":
+                return HOLD
+            self.kind = "constant"
             return Finding(f"learning_rate has stayed at {lr:g} for {self.same + 1} logs although lr_scheduler_type "
                            f"is {self.scheduler!r}.", {"learning_rate": lr, "constant_logs": self.same + 1},
                            severity="low")

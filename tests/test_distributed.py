@@ -275,3 +275,52 @@ def test_recorded_nccl_runs_replay_to_the_same_findings(folder, slow, by_step):
     stats = monitor.rank_stats[-1].per_rank
     assert max(stats["step_ms"]) / min(stats["step_ms"]) < 1.01  # NCCL equalises step time ...
     assert stats["compute_ms"][slow] > 1.3 * max(c for r, c in enumerate(stats["compute_ms"]) if r != slow)
+
+
+@pytest.fixture
+def single_rank_group(tmp_path):
+    """A real 1-rank gloo process group in this process (the collector's own logic, no launcher)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class _Args:
+    per_device_train_batch_size = 4
+    gradient_accumulation_steps = 1
+    use_cpu = True
+    device = None
+
+
+class _Callback:
+    """What the collector reads from DiagnosticsCallback: monitor, trainer (none: no model hooks), state."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor, self.trainer, self._state, self.run_dir, self._finished = monitor, None, None, None, False
+
+
+def test_collector_gathers_on_schedule_and_survives_a_local_failure(single_rank_group, monkeypatch):
+    from ptt_nb.distributed import RankStatsCollector
+
+    monitor = _monitor()
+    collector = RankStatsCollector(_Callback(monitor), _Args(), every=3, watchdog=False)
+    for step in range(1, 7):
+        collector.step_begin(step - 1)
+        collector.pre_optimizer_step()
+        collector.step_end(step)
+    assert [s.step for s in monitor.rank_stats] == [3, 6]
+    assert monitor.rank_stats[-1].per_rank["mem_allocated_mb"][0] > 0  # CPU: RSS
+    monkeypatch.setattr(collector, "_memory", lambda: 1 / 0)  # a local bug must not make this rank skip the gather
+    for step in range(7, 10):
+        collector.step_begin(step - 1)
+        collector.step_end(step)
+    last = monitor.rank_stats[-1]
+    assert last.step == 9 and last.per_rank["step"] == [9.0] and "mem_allocated_mb" not in last.per_rank
+    collector.pause()
+    collector.step_end(12)  # paused: no gather
+    collector.resume()
+    for step in range(13, 16):
+        collector.step_begin(step - 1)
+        collector.step_end(step)
+    assert [s.step for s in monitor.rank_stats][-1] == 15  # re-aligned to a multiple of every
+    collector.close()

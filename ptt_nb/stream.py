@@ -239,7 +239,8 @@ class Stream:
 
     def _loop(self) -> None:
         while not self._closed:
-            self._wake.wait(self.interval if self._active() or self._displayed_at else 0.5)
+            waiting_view = self._displayed_at is not None and not self.ready
+            self._wake.wait(self.interval if self._active() or waiting_view or self._dirty else 0.5)
             self._wake.clear()
             if self._closed:
                 break

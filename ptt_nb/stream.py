@@ -193,6 +193,7 @@ class Stream:
         self._panels_sig: str | None = None
         self._series: list[tuple[str, str]] = []
         self.ready = False  # a view asked for data (or we assumed one after auto_ready_after seconds)
+        self.ready_via: str | None = None  # how the first init went out: "view" (its "ready") or "auto"
         self._displayed_at: float | None = None
         self._auto_ready_after = auto_ready_after
         self._last_flush = 0.0
@@ -358,6 +359,7 @@ class Stream:
             req = self._requests.popleft()
             kind = req.get("type")
             if kind == "ready":
+                self.ready_via = self.ready_via or "view"
                 self.send_init()
             elif kind == "zoom" and self.ready:
                 self.zoom(req.get("panel"), req.get("x0"), req.get("x1"))
@@ -368,6 +370,7 @@ class Stream:
         if not self.ready:
             if (self._auto_ready_after is not None and self._displayed_at is not None
                     and time.monotonic() - self._displayed_at >= self._auto_ready_after):
+                self.ready_via = "auto"
                 self.send_init()
             return
         events = []

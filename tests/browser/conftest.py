@@ -84,6 +84,7 @@ class JupyterServer:
             "OMP_NUM_THREADS": "1",  # the test machine has 2 cores for the browser, server and kernel
             "HF_HUB_OFFLINE": "1",
         })
+        self.settings_dir = home / "settings"  # user settings, read by Lab at page load
         if app == "lab":  # no "get notified about Jupyter news?" toast over the page
             notify = home / "settings" / "@jupyterlab" / "apputils-extension"
             notify.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def _live_notebook(root: Path, name: str, *, nan_step: int, max_steps: int = 200
         SETUP.format(run_dir=str(run_dir), workdir=str(root / f"{name}-work"), nan_step=nan_step,
                      max_steps=max_steps),
         "trainer.train()",
-        "print('ended', diag.monitor.end_event.reason)",
+        "print('ended', diag.monitor.end_event.reason, 'first init:', diag.widget.stream.ready_via)",
     ])
     return root / f"{name}.ipynb", run_dir
 
@@ -126,8 +126,9 @@ def test_lab_live_dpo_panels_alert_stop_and_saved_fallback(lab_server: JupyterSe
     latency = _click_stop_and_check(page, run_dir, 2000)
     print("lab stop latency", latency)
     page.screenshot("stopped")
-    # the cell ends; the saved notebook carries the static summary refreshed at run end
-    page.page.locator(".jp-OutputArea-output", has_text="ended user_stop").wait_for(timeout=60_000)
+    # the cell ends; with subshell routing the view's own "ready" started the stream
+    page.page.locator(".jp-OutputArea-output", has_text="ended user_stop first init: view").wait_for(timeout=60_000)
+    # saved, the notebook carries the static summary, re-published at run end
     page.page.keyboard.press("Control+s")
     deadline = time.monotonic() + 30
     html = ""
@@ -199,6 +200,36 @@ def test_lab_recorded_4_rank_run_heatmap_zoom_and_redisplay(lab_server: JupyterS
     assert 2000 <= lo <= 2500 <= hi <= 3000 and n == hi - lo + 1, (lo, hi, n)  # every step in range, no gaps
     page.screenshot("zoomed")
     page.assert_no_console_errors()
+
+
+def test_lab_without_comm_subshells_dashboard_still_fills(lab_server: JupyterServer, page: Page) -> None:
+    """Lab with commsOverSubshells disabled (like front-ends without subshells): "ready" is held back until the
+    cell ends, so the dashboard must start streaming on its own (auto-ready) and the run end normally."""
+    setting = lab_server.settings_dir / "@jupyterlab" / "apputils-extension" / "kernels-settings.jupyterlab-settings"
+    setting.parent.mkdir(parents=True, exist_ok=True)
+    setting.write_text('{"commsOverSubshells": "disabled"}')
+    try:
+        _nb, run_dir = _live_notebook(lab_server.root, "nosub", nan_step=0, max_steps=150)
+        page.open_notebook(lab_server, "nosub.ipynb")
+        page.run_all()
+        page.page.locator(".ptt-root").first.wait_for(timeout=120_000)
+        # points arrive while trainer.train() still blocks the cell
+        page.wait_js(f"() => ({PANEL_POINTS})(['dpo_loss', 0]) >= 10", timeout=90)
+        running = page.page.evaluate(
+            "() => [...document.querySelectorAll('.ptt-badge')].map(b => b.textContent).join()")
+        events, _ = read_events(run_dir)
+        assert "running" in running or not any(isinstance(e, RunEnd) for e in events)
+        page.screenshot("running")
+        events = _wait_for_run_end(run_dir, timeout=120)
+        assert next(e for e in events if isinstance(e, RunEnd)).reason == "finished"
+        # the view's "ready" was held back by the busy cell: the first batch went out on the auto-ready timer
+        page.page.locator(".jp-OutputArea-output", has_text="ended finished first init: auto").wait_for(
+            timeout=60_000)
+        page.wait_js("() => [...document.querySelectorAll('.ptt-badge')].some(b => /finished/.test(b.textContent))",
+                     timeout=30)
+        page.assert_no_console_errors()
+    finally:
+        setting.unlink()
 
 
 def test_notebook7_stop_during_blocking_train(notebook_server: JupyterServer, page: Page) -> None:

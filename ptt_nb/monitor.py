@@ -57,7 +57,7 @@ class Monitor:
         self._extra_rules = list(extra_rules)
         self.ctx = Context(history=self.history)
         self.engine = Engine([], self.ctx)
-        self.sinks: list[Sink] = []
+        self.sinks: tuple[Sink, ...] = ()  # replaced, never mutated: emit iterates without copying
         self.step = 0
         self.max_steps: int | None = None
         self._stop = threading.Event()
@@ -74,15 +74,18 @@ class Monitor:
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def subscribe(self, sink: Sink) -> Callable[[], None]:
-        self.sinks.append(sink)
-        return lambda: self.sinks.remove(sink) if sink in self.sinks else None
+        self.sinks = (*self.sinks, sink)
+        return lambda: self._detach(sink)
+
+    def _detach(self, sink: Sink) -> None:
+        self.sinks = tuple(s for s in self.sinks if s != sink)  # == : bound methods are new objects
 
     def emit(self, event: Event) -> None:
-        for sink in list(self.sinks):
+        for sink in self.sinks:
             try:
                 sink(event)
             except Exception as exc:  # a sink (widget, disk) failing must not stop training
-                self.sinks.remove(sink)
+                self._detach(sink)
                 self.warn(f"ptt_nb: an event sink failed ({type(exc).__name__}: {exc}) and was detached")
 
     def warn(self, message: str) -> None:

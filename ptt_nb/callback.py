@@ -29,6 +29,7 @@ from . import environment, postmortem, profiles
 from .console import ConsoleSink
 from .events import RunStart
 from .monitor import Monitor
+from .rules import catalog as _catalog  # noqa: F401 - import the rule catalog now, not on the run's clock
 from .rules.catalog import run_facts  # model size / PEFT / KTO label counts for config-time rules
 from .runfolder import RunWriter
 

@@ -47,6 +47,7 @@ class Dashboard(anywidget.AnyWidget):
         self.on_msg(make_handler(monitor, self.stream.handle))
         self.subshell_routing = route_to_sender_subshell(self.comm)
         self._handles: list[Any] = []
+        self._shown_in: int | None = None
         self._unsubscribe = monitor.subscribe(self._on_event)
         self.stream.start()
 
@@ -54,25 +55,37 @@ class Dashboard(anywidget.AnyWidget):
         if self.comm is not None:
             self.send(content, buffers)
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is None:
-            return None
+    def _bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The widget view plus a small static ``text/html`` summary for viewers without a kernel."""
+        bundle = super()._repr_mimebundle_()
         data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        data = dict(data)
         try:
             data["text/html"] = summary_html(self.monitor)
         except Exception as exc:  # noqa: BLE001 - the fallback is a nicety; never break display
             log.debug("ptt_nb: static summary failed: %s", exc)
         self.stream.expect_view()
-        return data, metadata
+        return data, dict(metadata or {})
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self._bundle()
+
+    def _ipython_display_(self) -> None:
+        # `show(m)` as the last line of a cell returns this widget after displaying it: the cell's result must
+        # not add a second view. Displaying it in a later cell (or `display(dash)`) gives another view.
+        if self._shown_in is not None and self._shown_in == _execution_count():
+            return
+        self.display()
 
     def display(self) -> Any:
         """Display this dashboard (again) and remember the output, so the static summary is refreshed at run end."""
         from IPython.display import display
 
-        handle = display(self, display_id=True)
+        data, metadata = self._bundle()
+        handle = display(data, metadata=metadata, raw=True, display_id=True)
         if handle is not None:
             self._handles.append(handle)
+        self._shown_in = _execution_count()
         return handle
 
     def _on_event(self, event: Any) -> None:
@@ -82,9 +95,12 @@ class Dashboard(anywidget.AnyWidget):
     def refresh_static(self) -> None:
         """Re-publish the displayed outputs with the final static summary (views re-render from Python)."""
         self.stream.flush()
+        if not self._handles:
+            return
+        data, metadata = self._bundle()
         for handle in self._handles:
             try:
-                handle.update(self)
+                handle.update(data, metadata=metadata, raw=True)
             except Exception as exc:  # noqa: BLE001
                 log.debug("ptt_nb: could not refresh the static summary: %s", exc)
 
@@ -94,6 +110,16 @@ class Dashboard(anywidget.AnyWidget):
         if _DASHBOARDS.get(id(self.monitor)) is self:
             del _DASHBOARDS[id(self.monitor)]
         super().close()
+
+
+def _execution_count() -> int | None:
+    """The running cell's number (IPython increments it after the cell), None outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return getattr(shell, "execution_count", None) if shell is not None else None
 
 
 def dashboard_for(monitor: Monitor, *, replay: bool | None = None) -> Dashboard:

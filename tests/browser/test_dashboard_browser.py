@@ -173,7 +173,8 @@ def test_lab_recorded_4_rank_run_heatmap_zoom_and_redisplay(lab_server: JupyterS
     write_notebook(lab_server.root / "ranks.ipynb", [
         f"import ptt_nb\nfrom ptt_nb.widget import Dashboard, show\nm = ptt_nb.load_run({str(run_dir)!r})\n"
         "dash = show(m)",
-        "assert show(m) is dash  # the same widget displayed again: a second view",
+        "again = show(m)  # the same widget displayed again: a second view\nassert again is dash\n"
+        "again  # the cell's result: no third view (show() displayed it already)",
         "other = Dashboard(m)  # a second widget for the same monitor\nother.display();",
     ])
     page.open_notebook(lab_server, "ranks.ipynb")
@@ -199,6 +200,7 @@ def test_lab_recorded_4_rank_run_heatmap_zoom_and_redisplay(lab_server: JupyterS
         f"() => {{ const r = ({PANEL_RANGE})(['dpo_loss', 0]); return r && r[0] > 1000 && r; }}", timeout=30)
     assert 2000 <= lo <= 2500 <= hi <= 3000 and n == hi - lo + 1, (lo, hi, n)  # every step in range, no gaps
     page.screenshot("zoomed")
+    assert page.page.evaluate(f"() => {VIEWS}.length") == 3  # no duplicate view from a cell's result
     page.assert_no_console_errors()
 
 

@@ -69,3 +69,51 @@ def test_notebook_runs_under_nbval(path: Path, tmp_path: Path):
     assert " passed" in proc.stdout and "failed" not in proc.stdout
     assert sorted(NOTEBOOK_DIR.iterdir()) == repo_files, "the notebook wrote into the repository"
     assert (tmp_path / "ptt_runs").is_dir(), "the notebook's runs go under ptt_runs/"
+
+
+# points drawn in one panel of the nth dashboard (as tests/browser/test_dashboard_browser.py reads them)
+VIEWS = "[...document.querySelectorAll('.ptt-root')].map(r => r.parentElement.__ptt_view).filter(Boolean)"
+PANEL_POINTS = f"""([pid, nth]) => {{
+  const v = {VIEWS}[nth ?? 0]; if (!v) return 0;
+  const p = v.grid.panels.get(pid); if (!p) return 0;
+  p.cell.scrollIntoView({{block: "nearest"}});  // panels off screen are drawn lazily
+  return Math.max(0, ...p.lines.map(l => (l.source ? l.source.data.x.length : 0)));
+}}"""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_quickstart_in_jupyterlab(tmp_path: Path):
+    """`make demo` opens the quickstart in JupyterLab: Run All draws the healthy run's 30 steps in its dashboard, and
+    the second dashboard shows the lr_schedule_anomaly alert and the auto-stop, with no browser console error."""
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, JupyterServer, Page, _require_tools
+
+    _require_tools()
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(NOTEBOOK_DIR / "quickstart.ipynb", root / "quickstart.ipynb")
+    server = JupyterServer("lab", root)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = Page(browser.new_context(viewport={"width": 1500, "height": 1100}).new_page(),
+                            "notebooks-quickstart")
+                page.open_notebook(server, "quickstart.ipynb")
+                page.run_all()
+                page.page.locator('.ptt-alert[data-rule="lr_schedule_anomaly"]').first.wait_for(timeout=300_000)
+                page.wait_js("() => [...document.querySelectorAll('.ptt-badge')].some(b => "
+                             "/auto-stopped/.test(b.textContent))", timeout=60)
+                assert page.wait_js(f"() => ({PANEL_POINTS})(['dpo_loss', 0]) >= 30", timeout=60)
+                badges = [b.inner_text() for b in page.page.locator(".ptt-badge").all()]
+                assert badges == ["finished", "auto-stopped"], badges
+                page.page.locator('.ptt-alert[data-rule="lr_schedule_anomaly"]').first.scroll_into_view_if_needed()
+                page.screenshot("auto-stopped")
+                page.assert_no_console_errors()
+            finally:
+                browser.close()
+    finally:
+        server.shutdown_kernels()
+        server.stop()

@@ -136,6 +136,25 @@ def stragglers(metric_names: list[str], values: dict[str, list[list[float]]], wi
     return [int(r) for r in np.flatnonzero(per_rank > ratio * median)]
 
 
+STRAGGLER_RULE = "straggler_rank"
+
+
+def straggler_ranks(monitor: Monitor, metric_names: list[str], values: dict[str, list[list[float]]]) -> list[int]:
+    """The heatmap's flagged ranks agree with the alert feed: the ranks of active ``straggler_rank`` alerts (that
+    rule gates on measured jitter). Only where no such rule ran (a replay without re-evaluation and no recorded
+    alert) does the plain ratio test decide."""
+    alerts = [a for a in monitor.alerts if a.rule == STRAGGLER_RULE]
+    states = getattr(monitor.engine, "states", {})
+    if not alerts and STRAGGLER_RULE not in states:
+        return stragglers(metric_names, values)
+    ranks = set()
+    for a in alerts:
+        rank = (a.evidence or {}).get("rank")
+        if a.state == "active" and isinstance(rank, (int, float)) and math.isfinite(rank):
+            ranks.add(int(rank))
+    return sorted(ranks)
+
+
 def rank_block(monitor: Monitor, intervals: int = RANK_INTERVALS) -> dict[str, Any] | None:
     """The heatmap's data: newest ``intervals`` RankStats as metric → [[per-rank values] per interval]."""
     stats = list(monitor.rank_stats[-intervals:])
@@ -160,7 +179,7 @@ def rank_block(monitor: Monitor, intervals: int = RANK_INTERVALS) -> dict[str, A
         "metric_names": names,
         "steps": [s.step for s in stats],
         "values": _clean(values),
-        "stragglers": stragglers(names, values),
+        "stragglers": straggler_ranks(monitor, names, values),
     }
 
 
@@ -406,7 +425,8 @@ class Stream:
         latest: dict[str, Alert] = {}
         for a in alert_updates:
             latest[a.id] = a
-        ranks_changed = any(e.__class__ is RankStats for e in events)
+        ranks_changed = any(e.__class__ is RankStats for e in events) or any(
+            a.rule == STRAGGLER_RULE for a in latest.values())
         status = status_message(monitor, self.replay) if (dirty or events or alert_updates) else None
         if not entries and not latest and status is None:
             return

@@ -207,31 +207,51 @@ def test_sink_costs_about_a_microsecond() -> None:
     assert best < 2e-6, f"{best * 1e6:.2f} us per event"
 
 
-def test_rank_block_and_stragglers() -> None:
+def _rank_interval(m: Monitor, step: int, compute: list[float]) -> None:
+    m.add_rank_stats(RankStats(step=step, world_size=4, per_rank={
+        "compute_ms": compute,                        # the slow rank shows in its own compute time ...
+        "wait_ms": [max(compute) - c for c in compute],
+        "step_ms": [max(compute) + 5.0] * 4,          # ... synchronous collectives equalise step time
+        "mem_peak_mb": [2000.0, 2000.0, 2000.0, float("nan")]}))
+
+
+def test_rank_block_flags_the_straggler_rule_s_rank() -> None:
     m = _monitor(world_size=4)
-    for i in range(1, 8):
-        m.add_rank_stats(RankStats(step=10 * i, world_size=4, per_rank={
-            "step_time_s": [1.0, 1.0, 1.0, 1.0],  # synchronous collectives equalise step time ...
-            "compute_s": [0.5, 0.5, 1.5, 0.5],    # ... the slow rank shows in compute time
-            "max_memory_gb": [2.0, 2.0, 2.0, float("nan")]}))
+    _log(m, 1)
+    _rank_interval(m, 10, [50.0, 50.0, 150.0, 50.0])
+    _rank_interval(m, 20, [50.0, 50.0, 150.0, 50.0])
     block = rank_block(m)
-    assert block["world_size"] == 4 and block["steps"] == [10, 20, 30, 40, 50, 60, 70]
-    assert block["metric_names"] == ["step_time_s", "compute_s", "max_memory_gb"]
-    assert block["values"]["compute_s"][0] == [0.5, 0.5, 1.5, 0.5]
-    assert block["values"]["max_memory_gb"][0][3] is None  # NaN → null (strict JSON)
-    assert block["stragglers"] == [2]
-    assert stragglers(["step_time_s"], {"step_time_s": [[1.0, 1.0, 1.0, 1.0]]}) == []
+    assert block["world_size"] == 4 and block["steps"] == [10, 20]
+    assert block["metric_names"] == ["compute_ms", "wait_ms", "step_ms", "mem_peak_mb"]
+    assert block["values"]["compute_ms"][0] == [50.0, 50.0, 150.0, 50.0]
+    assert block["values"]["mem_peak_mb"][0][3] is None  # NaN → null (strict JSON)
+    # 3x slower, but the rule wants several slow intervals first: the heatmap agrees with the (empty) feed
+    assert stragglers(block["metric_names"], block["values"]) == [2] and block["stragglers"] == []
     sent = Sent()
     stream = Stream(m, sent)
     stream.handle({"type": "ready"})
     stream.flush()
-    assert sent.messages[0][0]["ranks"]["stragglers"] == [2]
     sent.messages.clear()
-    m.add_rank_stats(RankStats(step=80, world_size=4, per_rank={"compute_s": [1, 1, 1, 1]}))
+    for step in range(30, 80, 10):
+        _rank_interval(m, step, [50.0, 50.0, 150.0, 50.0])
+    assert any(a.rule == "straggler_rank" and a.state == "active" for a in m.alerts)
     stream.flush()
-    assert sent.messages[0][0]["ranks"]["steps"][-1] == 80
-    single = _monitor(world_size=1)
-    assert rank_block(single) is None
+    (data, _), = sent.messages
+    assert data["ranks"]["stragglers"] == [2] and data["ranks"]["steps"][-1] == 70
+    assert "straggler_rank" in [a["rule"] for a in data["alerts"]]
+    sent.messages.clear()
+    _log(m, 80)  # no rank interval in this batch: "ranks" absent (= unchanged), not null (= hide)
+    stream.flush()
+    assert "ranks" not in sent.messages[0][0]
+    assert rank_block(_monitor(world_size=1)) is None
+
+
+def test_rank_block_without_rules_uses_the_ratio_test() -> None:
+    m = Monitor(evaluate=False)  # a replay that takes recorded alerts as they are (and has none here)
+    m.start(RunStart(run_id="r", trainer="DPOTrainer", algorithm="dpo", world_size=4))
+    _rank_interval(m, 10, [50.0, 50.0, 150.0, 50.0])
+    assert rank_block(m)["stragglers"] == [2]
+    assert stragglers(["step_ms"], {"step_ms": [[1.0, 1.0, 1.0, 1.0]]}) == []
 
 
 def test_stop_handler_sets_the_flag_from_another_thread_and_forwards_the_rest() -> None:

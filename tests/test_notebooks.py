@@ -102,7 +102,17 @@ def test_quickstart_in_jupyterlab(tmp_path: Path):
                 page = Page(browser.new_context(viewport={"width": 1500, "height": 1100}).new_page(),
                             "notebooks-quickstart")
                 page.open_notebook(server, "quickstart.ipynb")
-                page.run_all()
+                try:
+                    page.run_all()
+                except Exception:  # noqa: BLE001 - once in ~10 loaded runs a JupyterLab dialog covered the menu
+                    page.screenshot("run-all-blocked")
+                    dialogs = [d.inner_text() for d in page.page.locator(".jp-Dialog").all()]
+                    print(f"Run All blocked; dialogs: {dialogs}; accepting them and retrying")
+                    if not dialogs:
+                        raise
+                    for button in page.page.locator(".jp-Dialog .jp-mod-accept").all():
+                        button.click()
+                    page.run_all()
                 page.page.locator('.ptt-alert[data-rule="lr_schedule_anomaly"]').first.wait_for(timeout=300_000)
                 page.wait_js("() => [...document.querySelectorAll('.ptt-badge')].some(b => "
                              "/auto-stopped/.test(b.textContent))", timeout=60)

@@ -311,6 +311,9 @@ class PttMagics(Magics):
         if in_run:
             assert monitor is not None
             SESSION.applier(monitor).submit(f"remove {rule_id}", lambda: monitor.engine.remove(rule_id))
+        clear = getattr(SESSION.dashboard, "clear_backtest", None)
+        if clear is not None:  # its %%ptt backtest markers go with it
+            clear(rule_id)
         print(f"{rule_id}: removed" + (" from this session" if in_session else "") + (" and the run" if in_run else ""))
 
     def _cmd_stop(self, args: argparse.Namespace) -> None:

@@ -33,6 +33,8 @@ Send = Callable[[dict[str, Any], list[bytes]], None]
 
 PROTOCOL_STATES = ("running", "stopped_by_user", "auto_stopped", "crashed", "finished", "replay")
 RANK_INTERVALS = 200  # newest rank-stats intervals sent to the heatmap
+BACKTEST_MAX_MARKERS = 500  # per rule: a rule that would fire on every step must not flood the view
+BACKTEST_MESSAGE_CHARS = 200
 
 
 def _clean(value: Any) -> Any:
@@ -183,6 +185,35 @@ def rank_block(monitor: Monitor, intervals: int = RANK_INTERVALS) -> dict[str, A
     }
 
 
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+def backtest_entry(rule_id: str, alerts: list[Any]) -> dict[str, Any] | None:
+    """A rule's backtest firings (``events.Alert``-like objects or dicts) as the protocol's Backtest object, None
+    when there are none. Markers of one rule share its panels; severity is the highest among its firings."""
+    firings = sorted((a for a in alerts if isinstance(_get(a, "step"), (int, float))), key=lambda a: _get(a, "step"))
+    if not firings:
+        return None
+    shown = firings[:BACKTEST_MAX_MARKERS]
+    panels: list[str] = []
+    for a in firings:
+        for pid in _get(a, "panels") or []:
+            if pid not in panels:
+                panels.append(str(pid))
+    rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+    severity = min((str(_get(a, "severity") or "low") for a in firings), key=lambda s: rank.get(s, 4))
+    return _clean({
+        "rule": str(rule_id),
+        "severity": severity,
+        "panels": panels,
+        "steps": [int(_get(a, "step")) for a in shown],
+        "resolved_steps": [_get(a, "resolved_step") for a in shown],
+        "messages": [str(_get(a, "message") or "")[:BACKTEST_MESSAGE_CHARS] for a in shown],
+        "total": len(firings),
+    })
+
+
 def _f64(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f8").tobytes()
 
@@ -209,6 +240,10 @@ class Stream:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._sent: dict[tuple[str, str], tuple[int, int]] = {}  # (split, key) → (points sent, compacted)
+        # rule id → Backtest object: markers of %%ptt backtests, display only (never in monitor.alerts). Replaced
+        # as a whole dict (copy on write) by the kernel thread, read by the flush thread.
+        self._backtest: dict[str, dict[str, Any]] = {}
+        self._backtest_changed = False
         self._panels_sig: str | None = None
         self._series: list[tuple[str, str]] = []
         self.ready = False  # a view asked for data (or we assumed one after auto_ready_after seconds)
@@ -234,6 +269,33 @@ class Stream:
         if isinstance(msg, dict) and msg.get("type") in ("ready", "zoom", "mute"):
             self._requests.append(msg)
             self._wake.set()
+
+    def set_backtest(self, rule_id: str, alerts: list[Any]) -> None:
+        """Show ``alerts`` (a backtest's firings) as markers of ``rule_id``, replacing that rule's earlier ones; an
+        empty list clears them. Display only: nothing reaches the Monitor (they did not happen)."""
+        entry = backtest_entry(rule_id, alerts)
+        markers = dict(self._backtest)
+        if entry is None:
+            markers.pop(rule_id, None)
+        else:
+            markers[rule_id] = entry
+        self._backtest = markers
+        self._backtest_changed = True
+        self._wake.set()
+
+    def clear_backtest(self, rule_id: str | None = None) -> None:
+        """Remove one rule's backtest markers (all rules' when ``rule_id`` is None)."""
+        if rule_id is None:
+            self._backtest = {}
+            self._backtest_changed = True
+            self._wake.set()
+        elif rule_id in self._backtest:
+            self.set_backtest(rule_id, [])
+
+    @property
+    def backtest(self) -> list[dict[str, Any]]:
+        """The backtest markers a view currently gets (one Backtest object per rule)."""
+        return list(self._backtest.values())
 
     def expect_view(self) -> None:
         """The widget was just displayed: if no "ready" arrives in time (comm messages held back while a cell
@@ -314,6 +376,7 @@ class Stream:
             "status": status_message(monitor, self.replay),
             "alerts": self._alerts(list(monitor.alerts)),
             "ranks": rank_block(monitor),
+            "backtest": self.backtest,
         }
 
     def _set_panels(self, panels: list[dict[str, Any]]) -> None:
@@ -330,6 +393,7 @@ class Stream:
         """``init`` then a decimated ``replace`` of every series: rebuilds any view from Python's state."""
         self._events.clear()
         self._dirty = False
+        self._backtest_changed = False  # before the read: a change racing with it is sent again next flush
         init = self.init_message()
         self._set_panels(init["panels"])
         self._emit(init)
@@ -428,11 +492,14 @@ class Stream:
         ranks_changed = any(e.__class__ is RankStats for e in events) or any(
             a.rule == STRAGGLER_RULE for a in latest.values())
         status = status_message(monitor, self.replay) if (dirty or events or alert_updates) else None
-        if not entries and not latest and status is None:
+        backtest_changed, self._backtest_changed = self._backtest_changed, False
+        if not entries and not latest and status is None and not backtest_changed:
             return
         content = {"type": "data", "series": entries, "alerts": self._alerts(list(latest.values())), "status": status}
         if ranks_changed:  # absent "ranks" means unchanged; null would hide the heatmap
             content["ranks"] = rank_block(monitor)
+        if backtest_changed:  # absent "backtest" means unchanged; present, it replaces every rule's markers
+            content["backtest"] = self.backtest
         self._emit(content, buffers)
         if any(e.__class__ is RunEnd for e in events):
             log.debug("ptt_nb: dashboard sent the run end")

@@ -88,6 +88,16 @@ class Dashboard(anywidget.AnyWidget):
         self._shown_in = _execution_count()
         return handle
 
+    def show_backtest(self, rule_id: str, alerts: list[Any]) -> None:
+        """Draw a ``%%ptt`` backtest's firings (Alert-like, ``state="backtest"``) as markers on their panels,
+        replacing earlier markers of ``rule_id`` (an empty list clears them). They are display only: never added
+        to ``monitor.alerts`` nor written to the run folder, and a re-rendered view gets them again in ``init``."""
+        self.stream.set_backtest(rule_id, alerts)
+
+    def clear_backtest(self, rule_id: str | None = None) -> None:
+        """Remove the backtest markers of ``rule_id`` (of every rule when None), e.g. after ``%ptt remove``."""
+        self.stream.clear_backtest(rule_id)
+
     def _on_event(self, event: Any) -> None:
         if event.__class__ is RunEnd:
             self.refresh_static()

@@ -384,3 +384,92 @@ def test_real_dpo_run_streams_through_the_callbacks_dashboard(tmp_path) -> None:
         assert "finished" in html and "DPOTrainer" in html
     finally:
         dash.close()
+
+
+def _seen_backtest(sent: Sent) -> dict[str, dict]:
+    """What a view holds after applying every message: the last init's markers, then each data's "backtest"."""
+    seen: dict[str, dict] = {}
+    for content, _ in sent.messages:
+        if content["type"] == "init" or "backtest" in content:
+            seen = {e["rule"]: e for e in content["backtest"]}
+    return seen
+
+
+def test_backtest_markers_go_in_init_and_data_replaced_by_rule_and_never_become_alerts(tmp_path) -> None:
+    """``Dashboard.show_backtest`` (what ``%%ptt`` calls): markers per rule id, sent in ``data`` when they change
+    and in every ``init`` (a re-rendered view rebuilds them), replaced on re-run, cleared; never recorded.
+    The dashboard's flush thread runs too, so the checks fold over all messages sent, whichever thread sent them."""
+    pytest.importorskip("anywidget")
+    from ptt_nb.cellrules import Backtest, Firing, marker_alerts
+    from ptt_nb.runfolder import RunWriter, read_events
+    from ptt_nb.widget import Dashboard
+
+    m = Monitor()
+    writer = RunWriter(tmp_path / "run")
+    m.subscribe(writer)
+    m.start(RunStart(run_id="r", trainer="DPOTrainer", algorithm="dpo", max_steps=100, world_size=1, config={}))
+    for step in range(1, 21):
+        _log(m, step)
+    sent = Sent()
+    dash = Dashboard(m, interval=0.05)
+    try:
+        dash.stream._send = sent
+        dash.stream.handle({"type": "ready"})
+        dash.stream.flush()
+        assert sent.of("init") and sent.of("init")[-1][0]["backtest"] == []
+        first = Backtest("margin_up", [Firing(4, 7, "low", "margin > 0"), Firing(12, None, "low", "again")])
+        dash.show_backtest("margin_up", marker_alerts(first, ["pref_margin"]))
+        dash.show_backtest("grad_low", marker_alerts(Backtest("grad_low", [Firing(9, None, "high", "g")]),
+                                                     ["optim_grad_norm"]))
+        dash.stream.flush()
+        carrying = [c for c, _ in sent.messages if "backtest" in c and c["type"] == "data"]
+        assert carrying and carrying[-1]["alerts"] == []
+        seen = _seen_backtest(sent)
+        assert seen["margin_up"] == {"rule": "margin_up", "severity": "low", "panels": ["pref_margin"],
+                                     "steps": [4, 12], "resolved_steps": [7, None],
+                                     "messages": ["margin > 0", "again"], "total": 2}
+        assert seen["grad_low"]["steps"] == [9] and seen["grad_low"]["panels"] == ["optim_grad_norm"]
+        n = sum("backtest" in c for c, _ in sent.messages)
+        dash.stream.flush()
+        assert sum("backtest" in c for c, _ in sent.messages) == n  # unchanged markers are not re-sent
+
+        # a re-run of the same rule replaces its markers; the other rule's stay
+        dash.show_backtest("margin_up", marker_alerts(Backtest("margin_up", [Firing(15, None, "medium", "x")]),
+                                                      ["pref_margin"]))
+        dash.stream.flush()
+        seen = _seen_backtest(sent)
+        assert seen["margin_up"]["steps"] == [15] and seen["margin_up"]["severity"] == "medium"
+        assert seen["grad_low"]["steps"] == [9]
+
+        # a view that (re)renders gets them in init
+        inits = len(sent.of("init"))
+        dash.stream.handle({"type": "ready"})
+        dash.stream.flush()
+        assert len(sent.of("init")) == inits + 1
+        init = sent.of("init")[-1][0]
+        assert sorted((e["rule"], e["steps"][0]) for e in init["backtest"]) == [("grad_low", 9), ("margin_up", 15)]
+
+        # training goes on: data without a marker change carries no "backtest" key (absent = unchanged)
+        _log(m, 21)
+        dash.stream.flush()
+        with_points = [c for c, _ in sent.messages if c["type"] == "data" and c["series"]]
+        assert with_points and "backtest" not in with_points[-1]
+
+        # cleared (as `%ptt remove` does); an empty backtest clears too
+        dash.clear_backtest("grad_low")
+        dash.stream.flush()
+        assert list(_seen_backtest(sent)) == ["margin_up"]
+        dash.show_backtest("margin_up", [])
+        dash.stream.flush()
+        assert _seen_backtest(sent) == {}
+
+        # never recorded as alerts: not in the monitor, not in any alerts field sent, not in events.jsonl
+        assert m.alerts == []
+        assert all(a.get("state") != "backtest" for c, _ in sent.messages for a in c.get("alerts", []))
+    finally:
+        dash.close()
+    m.finish("finished")
+    writer.close()
+    events, _problems = read_events(tmp_path / "run")
+    assert [e.kind for e in events][0] == "run_start" and events[-1].kind == "run_end"
+    assert not [e for e in events if e.kind == "alert"]

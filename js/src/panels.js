@@ -10,6 +10,7 @@ import Bokeh, { embedRoots } from "./bokeh.js";
 import { SeriesBuffer } from "./series.js";
 import { SEVERITY, SERIES } from "./colors.js";
 import { h } from "./dom.js";
+import { backtestByPanel, emptyBacktestMarkers, markerSignature } from "./backtest.js";
 
 const ZOOM_DEBOUNCE_MS = 150;
 const PLOT_HEIGHT = 230;
@@ -31,6 +32,8 @@ class Panel {
     this.lastFlush = -Infinity;
     this._markerSig = "";
     this._pendingMarkers = null;
+    this._btSig = "";
+    this._pendingBt = null;
     this.visible = true;    // until the IntersectionObserver says otherwise
     this.embed = null;      // {dispose} once the figure is in the DOM
     // Points live in a SeriesBuffer per line from the start; BokehJS models
@@ -79,6 +82,14 @@ class Panel {
       source: this.markers,
       line_color: { field: "color" }, line_alpha: { field: "alpha" }, line_width: 2,
     });
+    // %%ptt backtest markers: dashed and thinner, so "would have fired" never
+    // reads as "fired"; their own source and hover (rule id, until when).
+    this.btMarkers = new Bokeh.ColumnDataSource({ data: this._pendingBt ?? emptyBacktestMarkers() });
+    this._pendingBt = null;
+    const btRenderer = fig.vspan({ field: "x" }, {
+      source: this.btMarkers, name: "backtest",
+      line_color: { field: "color" }, line_alpha: 0.9, line_width: 1.5, line_dash: [5, 4],
+    });
 
     for (const [i, ref] of (spec.refs ?? []).entries()) {
       if (spec.y_scale === "log" && !(ref.y > 0)) continue;
@@ -125,6 +136,11 @@ class Panel {
       new Bokeh.HoverTool({
         renderers: [markerRenderer],
         tooltips: [["alert", "@rule (@severity)"], ["step", "@x{0,0}"], ["", "@message"]],
+      }),
+      new Bokeh.HoverTool({
+        renderers: [btRenderer],
+        tooltips: [["backtest", "@rule (@severity): would have fired"], ["step", "@x{0,0}"], ["until", "@until"],
+          ["", "@message"]],
       }),
     );
     if (renderers.length > 1) {
@@ -240,6 +256,10 @@ class Panel {
       this.markers.data = this._pendingMarkers;
       this._pendingMarkers = null;
     }
+    if (this._pendingBt) {
+      this.btMarkers.data = this._pendingBt;
+      this._pendingBt = null;
+    }
     this.dirty = false;
     this.urgent = false;
     this.lastFlush = now;
@@ -260,6 +280,15 @@ class Panel {
       d.message.push(a.message);
     }
     this._pendingMarkers = d;
+    this.dirty = true;
+  }
+
+  /** Queue this panel's backtest marker columns; drawn at the next flush. */
+  setBacktest(d) {
+    const sig = markerSignature(d);
+    if (sig === this._btSig) return;
+    this._btSig = sig;
+    this._pendingBt = d;
     this.dirty = true;
   }
 
@@ -412,6 +441,12 @@ export class PanelGrid {
       for (const id of a.panels ?? []) by.get(id)?.push(a);
     }
     for (const [id, list] of by) this.panels.get(id).setMarkers(list);
+    this._kick();
+  }
+
+  /** Redraw backtest markers from the full current set (one entry per rule id). */
+  setBacktest(entries) {
+    for (const [id, d] of backtestByPanel(entries, this.panels.keys())) this.panels.get(id).setBacktest(d);
     this._kick();
   }
 

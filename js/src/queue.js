@@ -11,7 +11,8 @@
 //    series; "append" chunks are concatenated in arrival order (onto the
 //    pending replace, if any, which keeps mode "replace").
 //  - alerts are merged by id (latest version wins, first-arrival order kept).
-//  - status and ranks: latest wins (ranks is a full replacement upstream).
+//  - status, ranks and backtest: latest wins (ranks and backtest are full
+//    replacements upstream; an init's backtest is superseded by a later one).
 
 /** Identity of a series within a batch. */
 export const seriesId = (panel, key, split) => `${panel ?? "*"}\u0000${key}\u0000${split ?? ""}`;
@@ -38,14 +39,16 @@ export function frameScheduler(cb) {
 /**
  * @param {{apply: (batch: object) => void, schedule?: (cb: Function) => void}} opts
  * `apply` receives {init, series:[{panel,key,split,mode,steps,values}],
- * alerts:[...], status, ranks, messages} once per frame.
+ * alerts:[...], status, ranks, backtest, messages} once per frame.
  */
 export function createQueue({ apply, schedule = frameScheduler }) {
   let state = empty();
   let scheduled = false;
 
   function empty() {
-    return { init: null, series: new Map(), alerts: new Map(), status: null, ranks: undefined, messages: 0 };
+    return {
+      init: null, series: new Map(), alerts: new Map(), status: null, ranks: undefined, backtest: undefined, messages: 0,
+    };
   }
 
   function push(msg) {
@@ -61,6 +64,7 @@ export function createQueue({ apply, schedule = frameScheduler }) {
       for (const a of msg.alerts ?? []) state.alerts.set(a.id, a);
       if (msg.status != null) state.status = msg.status;
       if (msg.ranks !== undefined) state.ranks = msg.ranks;
+      if (msg.backtest !== undefined) state.backtest = msg.backtest;
     } else {
       return; // unknown message types are ignored, not fatal (forward compat)
     }
@@ -98,6 +102,7 @@ export function createQueue({ apply, schedule = frameScheduler }) {
       alerts: [...s.alerts.values()],
       status: s.status,
       ranks: s.ranks,
+      backtest: s.backtest,
       messages: s.messages,
     };
   }

@@ -18,6 +18,7 @@ export class DashboardView {
   constructor(el, send, opts = {}) {
     this.el = el;
     this.send = send;
+    this.backtest = []; // %%ptt backtest markers, one entry per rule (not alerts)
     this.stats = { batches: 0, messages: 0, applyMs: 0, maxApplyMs: 0 };
     this.header = new Header({ onStop: () => send({ type: "stop" }) });
     this.grid = new PanelGrid({ send });
@@ -55,6 +56,9 @@ export class DashboardView {
     for (const s of batch.series) this.grid.applySeries(s);
     if (batch.alerts.length) this.feed.upsert(batch.alerts);
     if (batch.alerts.length || batch.init) this.grid.setAlerts(this.feed.all());
+    if (batch.backtest !== undefined) this.backtest = batch.backtest ?? [];
+    else if (batch.init) this.backtest = batch.init.backtest ?? [];
+    if (batch.backtest !== undefined || batch.init) this.grid.setBacktest(this.backtest);
     if (batch.status) {
       this.header.update(batch.status);
       this.grid.setStep(batch.status.step);

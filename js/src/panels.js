@@ -88,7 +88,7 @@ class Panel {
     this._pendingBt = null;
     const btRenderer = fig.vspan({ field: "x" }, {
       source: this.btMarkers, name: "backtest",
-      line_color: { field: "color" }, line_alpha: 0.9, line_width: 1.5, line_dash: [5, 4],
+      line_color: { field: "color" }, line_alpha: 0.9, line_width: 1.5, line_dash: "dashed",
     });
 
     for (const [i, ref] of (spec.refs ?? []).entries()) {

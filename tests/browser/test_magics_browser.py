@@ -1,8 +1,10 @@
 """``%ptt train`` in real JupyterLab: the dashboard shown by the magic fills while a tiny DPO run trains in the
-background and another cell runs, a ``%%ptt`` rule added mid-run reaches the feed, ``%ptt stop`` ends the run."""
+background and another cell runs, a ``%%ptt`` rule added mid-run draws its backtest markers on the live panels and its
+live alert reaches the feed, ``%ptt stop`` ends the run."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -36,6 +38,21 @@ trainer = make_trainer("dpo", {workdir!r}, callbacks=[DiagnosticsCallback(run_di
 trainer.remove_callback(PrinterCallback)
 """
 
+# the %%ptt cell backtests on the run so far: give it some history (the rule needs step > 3)
+WAIT = """\
+t0 = time.monotonic()
+while SESSION.monitor.history.last_step < 10 and time.monotonic() - t0 < 120:
+    time.sleep(0.1)
+"""
+
+# the live dashboard's backtest markers of one rule on one panel: [[step, until], ...]
+BACKTEST_MARKERS = f"""([pid, rule]) => {{
+  const v = {VIEWS}[0]; if (!v) return [];
+  const p = v.grid.panels.get(pid); if (!p || !p.btMarkers) return [];
+  const d = p.btMarkers.data;
+  return d.x.map((x, i) => [x, d.until[i], d.rule[i]]).filter(m => m[2] === rule).map(m => [m[0], m[1]]);
+}}"""
+
 RULE = """\
 %%ptt
 - id: margin_positive
@@ -44,9 +61,11 @@ RULE = """\
   panels: [pref_margin]
 """
 
+# another cell runs while training goes on; it holds back `%ptt stop` until the test has seen the live view
 BUSY = """\
+import os
 t0 = time.monotonic()
-while SESSION.monitor.step < 25 and time.monotonic() - t0 < 120:  # another cell runs while training goes on
+while (SESSION.monitor.step < 25 or not os.path.exists({seen!r})) and time.monotonic() - t0 < 120:
     time.sleep(0.1)
 print("busy cell saw step", SESSION.monitor.step)
 """
@@ -55,11 +74,13 @@ print("busy cell saw step", SESSION.monitor.step)
 def test_lab_ptt_train_dashboard_live_rule_and_stop(lab_server: JupyterServer, page: Page) -> None:
     root = lab_server.root
     run_dir = root / "bg-run"
+    seen = root / "live-view-checked"
     write_notebook(root / "bg.ipynb", [
         SETUP.format(workdir=str(root / "bg-work"), run_dir=str(run_dir)),
         "%ptt train trainer",
+        WAIT,
         RULE,
-        BUSY,
+        BUSY.format(seen=str(seen)),
         "%ptt stop",
         "wait_job(120)\nprint('final', SESSION.monitor.state, SESSION.monitor.step)",
     ])
@@ -68,9 +89,24 @@ def test_lab_ptt_train_dashboard_live_rule_and_stop(lab_server: JupyterServer, p
     page.page.locator(".ptt-root").first.wait_for(timeout=180_000)
     # the dashboard displayed by %ptt train fills while later cells run
     page.wait_js(f"() => ({PANEL_POINTS})(['dpo_loss', 0]) >= 10", timeout=120)
+    # the %%ptt cell's backtest: its table in the cell, the same steps as dashed markers on the live panel it names
+    summary = page.page.locator(".jp-OutputArea-output", has_text="margin_positive: would have fired").first
+    summary.wait_for(timeout=120_000)
+    first = int(re.search(r"first at step (\d+)", summary.inner_text()).group(1))
+    assert first > 3
+    markers, badge = page.wait_js(
+        f"() => {{ const m = ({BACKTEST_MARKERS})(['pref_margin', 'margin_positive']); "
+        "return m.length ? [m, document.querySelector('.ptt-badge').textContent] : null; }", timeout=30)
+    assert markers[0][0] == first and all(step > 3 for step, _ in markers)
+    assert "running" in badge  # drawn on the live dashboard while it trains
+    assert page.page.evaluate(f"() => ({BACKTEST_MARKERS})(['dpo_loss', 'margin_positive'])") == []  # its panel only
     card = page.page.locator('.ptt-alert[data-rule="margin_positive"]').first
-    card.wait_for(timeout=120_000)
+    card.wait_for(timeout=120_000)  # ... and then it fires live
     page.screenshot("live")
+    seen.touch()  # the busy cell may end now, and `%ptt stop` run
+    # backtest markers are not alerts: the feed holds only what happened, and they survived the live alert's redraw
+    assert page.page.evaluate(f"() => {VIEWS}[0].feed.all().every(a => a.state !== 'backtest')")
+    assert page.page.evaluate(f"() => ({BACKTEST_MARKERS})(['pref_margin', 'margin_positive'])")[0][0] == first
     page.page.locator(".jp-OutputArea-output", has_text="final stopped_by_user").wait_for(timeout=180_000)
     page.wait_js("() => [...document.querySelectorAll('.ptt-badge')].some(b => /stopped by user/.test("
                  "b.textContent))", timeout=30)

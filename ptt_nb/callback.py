@@ -158,6 +158,8 @@ class DiagnosticsCallback(TrainerCallback):
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
         self._sigterm_seen = False
+        self._finishing = False  # inside _finish: a SIGTERM then waits for the postmortem to be written
+        self._sigterm_pending = False
         self._ipython_hook = None
         self._warned_keys: set[str] = set()
         self._rank_stats = None
@@ -204,6 +206,9 @@ class DiagnosticsCallback(TrainerCallback):
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self._sigterm_seen = True
+        if self._finishing:  # e.g. torchrun's SIGTERM after a peer died, while rank 0 writes that failure up
+            self._sigterm_pending = True  # re-sent once the postmortem is on disk
+            return
         stack = "".join(tb.format_stack(frame)) if frame is not None else None
         prev = self._prev_sigterm
         self._finish("sigterm", traceback=stack, detail="SIGTERM received")
@@ -404,7 +409,7 @@ class DiagnosticsCallback(TrainerCallback):
     def _finish(self, reason: str, *, traceback: str | None = None, detail: str = "") -> None:
         if self._finished or self.monitor is None:
             return
-        self._finished = True
+        self._finished = self._finishing = True
         monitor = self.monitor
         step = self._state.global_step if self._state is not None else monitor.step
         try:
@@ -433,6 +438,10 @@ class DiagnosticsCallback(TrainerCallback):
             if reason != "finished" and self.rank == 0:
                 log.warning("ptt_nb: run ended at step %s (%s); postmortem: %s", step, reason,
                             self.run_dir / "postmortem.json" if self.run_dir else "-")
+            self._finishing = False
+            if self._sigterm_pending:  # to the handler restored above (the default one ends the process)
+                self._sigterm_pending = False
+                os.kill(os.getpid(), signal.SIGTERM)
 
     @staticmethod
     def _write_report(monitor: Monitor) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -82,9 +83,11 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def straggler_run(workdir) -> Path:
-    """4 ranks under torchrun; rank 2 sleeps 150 ms inside its forward pass (in the first decoder layer)."""
+    """4 ranks under torchrun; rank 2 sleeps 300 ms inside its forward pass (in the first decoder layer). (300, not
+    150: with 4 ranks on 2 shared cores a fast rank's compute was once measured at 100 ms under load, against 199
+    ms for rank 2, and the 2x check below failed.)"""
     run_dir = workdir / "straggler"
-    _run(_torchrun(4), workdir, run_dir, "--steps", "12", "--every", "2", "--slow-rank", "2", "--slow-ms", "150")
+    _run(_torchrun(4), workdir, run_dir, "--steps", "12", "--every", "2", "--slow-rank", "2", "--slow-ms", "300")
     return run_dir
 
 
@@ -120,8 +123,10 @@ def test_healthy_accelerate_run_flags_nothing_and_a_rank0_stop_stops_every_rank(
     hanging in the next all-reduce. (every=4 here: on two shared cores a rank descheduled for a second or two is
     a real, if transient, straggler; 3 intervals of 4 steps keep that apart from an injected one.)"""
     run_dir = workdir / "healthy"
+    # a hang still fails (a rank left in an all-reduce errors out after --timeout); 90 s / 300 s, not 30 / 150, so a
+    # loaded machine (model load + first gather slowed several-fold) cannot trip the process-group timeout instead
     proc = _run(_accelerate(2), workdir, run_dir, "--steps", "24", "--every", "4", "--stop-step", "13",
-                "--timeout", "30")
+                "--timeout", "90", timeout=300)
     assert proc.returncode == 0
     stats = events_of(run_dir, "rank_stats")
     assert stats and all(s["world_size"] == 2 for s in stats)
@@ -155,12 +160,27 @@ def test_killed_rank_leaves_a_postmortem_naming_it(workdir):
     proc = _run(_torchrun(2), workdir, run_dir, "--steps", "12", "--every", "2", "--kill-rank", "1",
                 "--kill-step", "5", "--timeout", "20", check=False, timeout=120)
     assert proc.returncode != 0
+    assert (run_dir / "postmortem.json").exists(), f"no postmortem\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     pm = json.loads((run_dir / "postmortem.json").read_text())
     assert pm["exit_reason"] == "rank_failure", pm["exit_reason"]
     assert pm["distributed"]["failed_ranks"] == [1]
     assert "rank 1" in pm["detail"]
     failure = _alerts(run_dir, "rank_failure")
     assert failure and failure[0]["severity"] == "critical"
+
+
+def test_sigterm_during_the_failure_write_up_waits_for_the_postmortem(workdir):
+    """torchrun SIGTERMs rank 0 as soon as it reaps a dead peer; when that lands while rank 0 is writing the failure
+    up, the postmortem must still be written, and the process must still end by the SIGTERM."""
+    run_dir = workdir / "sigterm-mid-finish"
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "dist_scripts" / "sigterm_mid_finish.py"),
+                           str(workdir), str(run_dir)], capture_output=True, text=True, timeout=150, env=_env(),
+                          cwd=REPO)
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    assert (run_dir / "postmortem.json").exists(), proc.stderr[-4000:]
+    pm = json.loads((run_dir / "postmortem.json").read_text())
+    assert pm["exit_reason"] == "exception" and "Connection closed by peer" in pm["detail"]
+    assert events_of(run_dir, "run_end")[-1]["reason"] == "exception"
 
 
 def test_notebook_launcher_children_are_followed_by_the_parent(workdir):

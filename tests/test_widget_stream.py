@@ -473,3 +473,42 @@ def test_backtest_markers_go_in_init_and_data_replaced_by_rule_and_never_become_
     events, _problems = read_events(tmp_path / "run")
     assert [e.kind for e in events][0] == "run_start" and events[-1].kind == "run_end"
     assert not [e for e in events if e.kind == "alert"]
+
+
+def test_ptt_cell_marks_the_real_dashboard_and_ptt_remove_clears_it() -> None:
+    """``%%ptt`` → ``Dashboard.show_backtest`` → the markers a view gets; ``%ptt remove`` takes them away. A real
+    IPython shell (in-process) on the recorded run; the comm is ipywidgets' no-op one outside a kernel."""
+    pytest.importorskip("anywidget")
+    pytest.importorskip("IPython")
+    from pathlib import Path
+
+    from IPython.testing.globalipapp import start_ipython
+    from IPython.utils.capture import capture_output
+
+    from ptt_nb.session import SESSION
+
+    recorded = Path(__file__).parent / "data" / "recorded_run"
+    rule = "%%ptt\n- id: low_grad\n  when: grad_norm < {limit}\n  severity: low\n  panels: [optim_grad_norm]\n"
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "ptt_nb")
+    SESSION.__init__()
+    try:
+        with capture_output(display=True):
+            ip.run_cell(f"%ptt replay {recorded}")
+            dash = SESSION.dashboard
+            assert type(dash).__name__ == "Dashboard"
+            # grad_norm in the recorded run: < 0.8 at step 6 only, then from step 14 to the end (step 23)
+            ip.run_cell(rule.format(limit=0.8))
+            (entry,) = dash.stream.backtest
+            assert entry["rule"] == "low_grad" and entry["steps"] == [6, 14] and entry["resolved_steps"] == [7, None]
+            assert entry["panels"] == ["optim_grad_norm"] and dash.stream.init_message()["backtest"] == [entry]
+            assert all(a.rule != "low_grad" for a in dash.monitor.alerts)
+            ip.run_cell(rule.format(limit=0.75))  # a re-run of the id replaces its markers: < 0.75 at 20 and 23
+            assert [(e["rule"], e["steps"]) for e in dash.stream.backtest] == [("low_grad", [20, 23])]
+            ip.run_cell("%ptt remove low_grad")
+            assert dash.stream.backtest == []
+    finally:
+        if SESSION.dashboard is not None:
+            SESSION.dashboard.close()
+        SESSION.__init__()
+        ip.run_line_magic("unload_ext", "ptt_nb")

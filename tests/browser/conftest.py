@@ -29,6 +29,11 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 BUNDLE = ROOT / "ptt_nb" / "static" / "widget.js"
+# the visible notebook's kernel is connected and idle (the toolbar's execution indicator; Lab 4 and Notebook 7)
+KERNEL_IDLE = ("() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) "
+               ".jp-Notebook-ExecutionIndicator')].some(e => e.dataset.status === 'idle')")
+CELL_STARTED = ("() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]"
+                ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
 
 # Console messages of JupyterLab/Notebook itself that say nothing about the widget (checked by hand).
 BENIGN_CONSOLE = (
@@ -71,7 +76,7 @@ class JupyterServer:
         self.port = _free_port()
         self.token = secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
-        home = root.parent / f"{app}-home"
+        home = root.parent / f"{root.name}-home"  # one per server: no workspace or settings of an earlier module
         home.mkdir(exist_ok=True)
         env = dict(os.environ)
         env.update({
@@ -112,12 +117,14 @@ class JupyterServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"jupyter {self.app} exited: {self.log_path.read_text()[-3000:]}")
             try:
                 self.api("/api/status")
                 return
             except OSError:
                 time.sleep(0.3)
+        self.stop()  # ours, never left running
         raise RuntimeError(f"jupyter {self.app} did not start in {timeout}s: {self.log_path.read_text()[-3000:]}")
 
     def url(self, path: str, query: str = "") -> str:
@@ -164,7 +171,13 @@ def browser() -> Iterator[Any]:
 def _server(app: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
     _require_tools()
     root = tmp_path_factory.mktemp(f"{app}-root")
-    server = JupyterServer(app, root)
+    for attempt in range(3):  # a free port picked here can be taken before the server binds it: try another
+        try:
+            server = JupyterServer(app, root)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     try:
         yield server
     finally:
@@ -222,20 +235,41 @@ class Page:
 
     def run_all(self, attempts: int = 4) -> None:
         """Run > Run All Cells (same menu in JupyterLab 4 and Notebook 7), retried until a cell starts: a click
-        made before the kernel connection is up is silently dropped by the front-end."""
+        made before the kernel connection is up is silently dropped by the front-end.
+
+        Under load (2 cores, kernel start-up > 20 s) a click made while the notebook has no kernel yet makes
+        the front-end start one itself (racing its automatic start) and, when that fails, open a modal
+        "Select Kernel" dialog that swallows every later click. So: wait for the kernel to be idle first, and
+        accept that dialog (its preselected kernel is the notebook's python3) where it still shows up."""
         page = self.page
         page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-        started = ("() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]"
-                   ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+        try:
+            page.wait_for_function(KERNEL_IDLE, timeout=180_000, polling=250)
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: no indicator here; the retries still apply
+            pass
         for _ in range(attempts):
-            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).first.click()
             try:
-                page.wait_for_function(started, timeout=20_000, polling=250)
+                self._accept_kernel_dialog()
+                page.locator(".lm-MenuBar-item", has_text="Run").first.click(timeout=30_000)
+                page.get_by_role("menuitem", name="Run All Cells", exact=True).first.click(timeout=30_000)
+                page.wait_for_function(CELL_STARTED, timeout=30_000, polling=250)
                 return
             except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
-                page.keyboard.press("Escape")
+                if not self._accept_kernel_dialog():
+                    page.keyboard.press("Escape")
+                try:  # the dialog accepted, the queued cells start on their own
+                    page.wait_for_function(CELL_STARTED, timeout=30_000, polling=250)
+                    return
+                except Exception:  # noqa: BLE001
+                    pass
         raise AssertionError("Run All Cells did not start any cell")
+
+    def _accept_kernel_dialog(self) -> bool:
+        dialog = self.page.locator(".jp-Dialog", has_text="Select Kernel")
+        if not dialog.count() or not dialog.first.is_visible():
+            return False
+        dialog.first.locator(".jp-mod-accept").first.click(timeout=10_000)
+        return True
 
     def assert_no_console_errors(self) -> None:
         assert self.errors == [], "browser console errors:\n" + "\n".join(self.errors)

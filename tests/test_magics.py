@@ -488,3 +488,25 @@ def test_a_run_trained_in_a_blocking_cell_becomes_current_with_the_session_rules
     row = next(line.split() for line in run(ip, "%ptt rules")[0].splitlines() if line.startswith("margin_positive"))
     assert row[1] == "low" and int(row[3]) >= 1
     assert "nothing is training" in user_error(ip, "%ptt stop")
+
+
+def test_backtest_markers_reach_the_real_dashboard_and_remove_clears_them(ip):
+    """``%%ptt`` → ``Dashboard.show_backtest`` → what a view gets (the comm is ipywidgets' no-op one outside a
+    kernel); a re-run of the id replaces its markers, ``%ptt remove`` takes them away; never recorded as alerts."""
+    pytest.importorskip("anywidget")
+    run(ip, f"%ptt replay {RECORDED}")
+    dash = SESSION.dashboard
+    assert type(dash).__name__ == "Dashboard"
+    try:
+        run(ip, "%%ptt\n" + LOW_GRAD)
+        (entry,) = dash.stream.backtest
+        assert entry["rule"] == "low_grad" and entry["steps"] == [6, 14] and entry["resolved_steps"] == [7, None]
+        assert entry["panels"] == ["optim_grad_norm"] and dash.stream.init_message()["backtest"] == [entry]
+        assert all(a.rule != "low_grad" for a in dash.monitor.alerts)
+        run(ip, "%%ptt\n" + LOW_GRAD.replace("0.8", "0.75"))  # grad_norm < 0.75 at steps 20 and 23 only
+        assert [(e["rule"], e["steps"]) for e in dash.stream.backtest] == [("low_grad", [20, 23])]
+        out, err, exc = run(ip, "%ptt remove low_grad")
+        assert exc is None, err
+        assert dash.stream.backtest == []
+    finally:
+        dash.close()

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,9 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
     return path
 
 
+SERVERS: dict[str, JupyterServer] = {}  # by base URL: Page.run_all finds the server of a page opened with goto()
+
+
 class JupyterServer:
     """``jupyter lab`` or ``jupyter notebook`` on a temp root; stopped (with its kernels) at teardown."""
 
@@ -76,6 +80,7 @@ class JupyterServer:
         self.port = _free_port()
         self.token = secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
+        SERVERS[self.base] = self
         home = root.parent / f"{root.name}-home"  # one per server: no workspace or settings of an earlier module
         home.mkdir(exist_ok=True)
         env = dict(os.environ)
@@ -237,16 +242,14 @@ class Page:
         """Run > Run All Cells (same menu in JupyterLab 4 and Notebook 7), retried until a cell starts: a click
         made before the kernel connection is up is silently dropped by the front-end.
 
-        Under load (2 cores, kernel start-up > 20 s) a click made while the notebook has no kernel yet makes
-        the front-end start one itself (racing its automatic start) and, when that fails, open a modal
-        "Select Kernel" dialog that swallows every later click. So: wait for the kernel to be idle first, and
-        accept that dialog (its preselected kernel is the notebook's python3) where it still shows up."""
+        A click made while the notebook has no kernel yet (its session still being created: slow under load)
+        makes Lab 4 run every cell through ``startKernel()``, racing its automatic start, and open a modal
+        "Select Kernel" dialog that swallows every later click (reproduced with the quickstart: cell 1 ran, then
+        the dialog). So: wait until the server holds the notebook's session with an idle kernel, and accept that
+        dialog (its preselected kernel is the notebook's python3) where it still shows up."""
         page = self.page
         page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-        try:
-            page.wait_for_function(KERNEL_IDLE, timeout=180_000, polling=250)
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: no indicator here; the retries still apply
-            pass
+        self._wait_kernel_idle()
         for _ in range(attempts):
             try:
                 self._accept_kernel_dialog()
@@ -263,6 +266,31 @@ class Page:
                 except Exception:  # noqa: BLE001
                     pass
         raise AssertionError("Run All Cells did not start any cell")
+
+    def _wait_kernel_idle(self, timeout: float = 180) -> None:
+        """Until the server holds this notebook's session with an idle kernel (the front-end's own indicators
+        read "idle" before any kernel exists), then a moment for the front-end to take the session in."""
+        path = urllib.parse.urlparse(self.page.url).path
+        name = urllib.parse.unquote(path.split("/tree/", 1)[-1] if "/tree/" in path
+                                    else path.split("/notebooks/", 1)[-1])
+        server = self.server or next((s for base, s in SERVERS.items() if self.page.url.startswith(base)), None)
+        if server is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                sessions = server.api("/api/sessions")
+            except OSError:
+                sessions = []
+            if any(s.get("path") == name and (s.get("kernel") or {}).get("execution_state") == "idle"
+                   for s in sessions):
+                try:
+                    self.page.wait_for_function(KERNEL_IDLE, timeout=30_000, polling=250)
+                except Exception:  # noqa: BLE001 - playwright's TimeoutError: no indicator in this front-end
+                    pass
+                time.sleep(1.0)
+                return
+            time.sleep(0.5)
 
     def _accept_kernel_dialog(self) -> bool:
         dialog = self.page.locator(".jp-Dialog", has_text="Select Kernel")

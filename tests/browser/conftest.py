@@ -30,7 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 BUNDLE = ROOT / "ptt_nb" / "static" / "widget.js"
-# the visible notebook's kernel is connected and idle (the toolbar's execution indicator; Lab 4 and Notebook 7)
+# the toolbar's execution indicator reads idle (Lab 4 and Notebook 7); it also reads idle before any kernel exists
 KERNEL_IDLE = ("() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) "
                ".jp-Notebook-ExecutionIndicator')].some(e => e.dataset.status === 'idle')")
 CELL_STARTED = ("() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]"

@@ -153,3 +153,40 @@ def test_watcher_follows_a_real_training_process(tmp_path):
     # the recorded lines are what the watcher applied (values included)
     loss_file = [e.values["loss"] for e in expected if isinstance(e, Metrics) and e.split == "train"]
     assert watcher.monitor.history.get("loss").values[:steps].tolist() == loss_file
+
+
+def test_watcher_follows_a_torchrun_job_with_two_cpu_ranks(tmp_path):
+    """The `accelerate launch`/torchrun case of `%ptt watch`: 2 gloo ranks train, rank 0 writes the folder, and the
+    watcher (as a notebook kernel would) sees every event exactly once, live."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from ptt_nb import tiny
+
+    tiny.build_model(tmp_path / "work" / "model")  # once, before the ranks start (they must not race on it)
+    steps, run_dir = 10, tmp_path / "run"
+    watcher = Watcher(run_dir, interval=0.1)
+    seen = []
+    watcher.monitor.subscribe(seen.append)
+    watcher.start()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(ROOT / "tests" / "dist_scripts" / "dpo_ranks.py"), "--workdir", str(tmp_path / "work"),
+           "--run-dir", str(run_dir), "--steps", str(steps), "--every", "2", "--timeout", "90"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    live_steps = []
+    while proc.poll() is None:
+        live_steps.append(watcher.monitor.step)
+        time.sleep(0.05)
+    out = proc.stdout.read().decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+    assert watcher.wait_until_ended(10), watcher.describe()
+    watcher.stop()
+    expected, problems = read_events(run_dir)
+    assert not problems
+    assert _signature(seen) == _signature(expected)
+    assert [e.step for e in seen if isinstance(e, Metrics) and e.split == "train"] == list(range(1, steps + 1))
+    assert watcher.monitor.run.world_size == 2 and watcher.monitor.rank_stats, "rank stats reached the watcher"
+    assert any(0 < s < steps for s in live_steps), "the watcher saw no intermediate step while the job ran"

@@ -64,15 +64,22 @@ def test_ctrl_c_in_a_script(tmp_path):
     _check_postmortem(run_dir, "keyboard_interrupt", 4)
 
 
-def test_sigterm_sent_to_a_training_subprocess(tmp_path):
-    run_dir, marker = tmp_path / "run", tmp_path / "marker"
+def _waiting_at_step(tmp_path: Path, run_dir: Path, k: int, *extra: str) -> subprocess.Popen:
+    """A training subprocess that has completed step k and now waits for a signal from outside."""
+    marker = tmp_path / "marker"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--run-dir", str(run_dir), "--mode", "wait_for_signal",
-                             "--k", "3", "--marker", str(marker), "--steps", "50"],
+                             "--k", str(k), "--marker", str(marker), "--steps", "50", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert marker.exists(), proc.communicate()
+    return proc
+
+
+def test_sigterm_sent_to_a_training_subprocess(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _waiting_at_step(tmp_path, run_dir, 3)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM  # the default action still ran: the handler chained to it
@@ -81,13 +88,8 @@ def test_sigterm_sent_to_a_training_subprocess(tmp_path):
 
 
 def test_sigterm_chains_to_the_users_handler_and_restores_it(tmp_path):
-    run_dir, marker = tmp_path / "run", tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--run-dir", str(run_dir), "--mode", "wait_for_signal",
-                             "--k", "2", "--marker", str(marker), "--steps", "50", "--own-sigterm-handler"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+    run_dir = tmp_path / "run"
+    proc = _waiting_at_step(tmp_path, run_dir, 2, "--own-sigterm-handler")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert "user handler ran" in out and proc.returncode == 3
@@ -172,12 +174,10 @@ def test_user_stop_from_another_thread(tmp_path):
     _check_postmortem(run_dir, "user_stop", 6)
 
 
-def test_exception_in_a_notebook_cell(tmp_path):
-    """A real kernel (nbclient): IPython never calls sys.excepthook for cell errors; the postmortem still lands."""
+def _training_notebook(tmp_path: Path, run_dir: Path, injector: str, *, max_steps: int):
+    """Cells: build a tiny DPO trainer with the callback and an injector; train; check the kernel is alive."""
     import nbformat
-    from nbclient import NotebookClient
 
-    run_dir = tmp_path / "run"
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
@@ -186,12 +186,21 @@ def test_exception_in_a_notebook_cell(tmp_path):
             "from ptt_nb import DiagnosticsCallback\nfrom ptt_nb.tiny import make_trainer\n"
             "from tests.scripts.inject import Injector\n"
             f"cb = DiagnosticsCallback(run_dir={str(run_dir)!r}, widget=False)\n"
-            "inj = Injector('exception', 3)\n"
-            f"trainer = make_trainer('dpo', {str(tmp_path / 'work')!r}, callbacks=[cb, inj], max_steps=8)\n"
+            f"inj = {injector}\n"
+            f"trainer = make_trainer('dpo', {str(tmp_path / 'work')!r}, callbacks=[cb, inj], max_steps={max_steps})\n"
             "inj.attach(trainer.model)"),
         nbformat.v4.new_code_cell("trainer.train()"),
         nbformat.v4.new_code_cell("print('kernel alive', cb.monitor.state)"),
     ]
+    return nb
+
+
+def test_exception_in_a_notebook_cell(tmp_path):
+    """A real kernel (nbclient): IPython never calls sys.excepthook for cell errors; the postmortem still lands."""
+    from nbclient import NotebookClient
+
+    run_dir = tmp_path / "run"
+    nb = _training_notebook(tmp_path, run_dir, "Injector('exception', 3)", max_steps=8)
     NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True).execute()
     assert nb.cells[1].outputs[-1]["ename"] == "RuntimeError"
     assert "kernel alive crashed" in nb.cells[2].outputs[0]["text"]
@@ -200,23 +209,10 @@ def test_exception_in_a_notebook_cell(tmp_path):
 
 
 def test_kernel_interrupt_in_a_notebook(tmp_path):
-    import nbformat
     from nbclient import NotebookClient
 
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-            "import torch; torch.set_num_threads(1)\n"
-            "from ptt_nb import DiagnosticsCallback\nfrom ptt_nb.tiny import make_trainer\n"
-            "from tests.scripts.inject import Injector\n"
-            f"cb = DiagnosticsCallback(run_dir={str(run_dir)!r}, widget=False)\n"
-            f"inj = Injector('wait_for_signal', 3, {str(marker)!r})\n"
-            f"trainer = make_trainer('dpo', {str(tmp_path / 'work')!r}, callbacks=[cb, inj], max_steps=50)"),
-        nbformat.v4.new_code_cell("trainer.train()"),
-        nbformat.v4.new_code_cell("print('kernel alive', cb.monitor.state)"),
-    ]
+    nb = _training_notebook(tmp_path, run_dir, f"Injector('wait_for_signal', 3, {str(marker)!r})", max_steps=50)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True)
     with client.setup_kernel():
         client.execute_cell(nb.cells[0], 0)

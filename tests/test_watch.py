@@ -118,6 +118,21 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def _follow(cmd: list[str], watcher: Watcher, env: dict[str, str]) -> list[int]:
+    """Run the writer to its end while the watcher follows; returns the steps the watcher had meanwhile (proof that
+    it really follows live rather than reading the file once at the end)."""
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    live_steps = []
+    while proc.poll() is None:
+        live_steps.append(watcher.monitor.step)
+        time.sleep(0.05)
+    out = proc.stdout.read().decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+    assert watcher.wait_until_ended(10), watcher.describe()
+    watcher.stop()
+    return live_steps
+
+
 @pytest.mark.slow
 def test_watcher_follows_a_real_training_process(tmp_path):
     """A plain ``python`` process trains a tiny DPO with DiagnosticsCallback(run_dir=...); we watch the parent
@@ -130,16 +145,8 @@ def test_watcher_follows_a_real_training_process(tmp_path):
     watcher.start()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "work"), str(runs / "dpo-1"), str(steps)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    live_steps = []  # steps the watcher had before the writer finished: it really follows, not a final read
-    while proc.poll() is None:
-        live_steps.append(watcher.monitor.step)
-        time.sleep(0.05)
-    out = proc.stdout.read().decode(errors="replace")
-    assert proc.returncode == 0, out[-3000:]
-    assert watcher.wait_until_ended(10), watcher.describe()
-    watcher.stop()
+    live_steps = _follow([sys.executable, "-c", WRITER, str(tmp_path / "work"), str(runs / "dpo-1"), str(steps)],
+                         watcher, env)
     expected, problems = read_events(runs / "dpo-1")
     assert not problems
     assert watcher.run_dir == runs / "dpo-1"
@@ -175,15 +182,7 @@ def test_watcher_follows_a_torchrun_job_with_two_cpu_ranks(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(ROOT / "tests" / "dist_scripts" / "dpo_ranks.py"), "--workdir", str(tmp_path / "work"),
            "--run-dir", str(run_dir), "--steps", str(steps), "--every", "2", "--timeout", "90"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    live_steps = []
-    while proc.poll() is None:
-        live_steps.append(watcher.monitor.step)
-        time.sleep(0.05)
-    out = proc.stdout.read().decode(errors="replace")
-    assert proc.returncode == 0, out[-3000:]
-    assert watcher.wait_until_ended(10), watcher.describe()
-    watcher.stop()
+    live_steps = _follow(cmd, watcher, env)
     expected, problems = read_events(run_dir)
     assert not problems
     assert _signature(seen) == _signature(expected)

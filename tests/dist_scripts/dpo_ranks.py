@@ -112,6 +112,10 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if rank == 0:
         print(json.dumps({"wall_s": wall, "steps": a.steps, "stats": not a.no_stats}), flush=True)
+    # tear the process group down before exit, as PyTorch asks: left to interpreter shutdown, gloo's worker threads
+    # were once destroyed while joinable ("terminate called without an active exception", SIGABRT on one rank)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -144,6 +144,20 @@ def keyless_problem(expr: Expr) -> str | None:
             "(an expression over config values alone runs once, at train start)")
 
 
+def _describe(rule: Rule, id: str, severity: str, message: Template | None, title: str, action: str,
+              reference: str, url: str | None, algorithms: Iterable[str] | None, panels: Iterable[str]) -> None:
+    """The descriptive fields every custom rule carries, set the same way for DSL and Python rules."""
+    rule.id = id
+    rule.severity = severity
+    rule.message = message
+    rule.title = title or id
+    rule.action = action
+    rule.reference = reference
+    rule.url = url
+    rule.algorithms = frozenset(algorithms) if algorithms else None
+    rule.panels = tuple(panels)
+
+
 class DslRule(Rule):
     """A rule written in the expression language (from YAML, a cell or a string). An expression that names no
     metric (only ``config.*``) is a config-time rule: it runs once, at train start."""
@@ -153,17 +167,9 @@ class DslRule(Rule):
                  url: str | None = None, algorithms: Iterable[str] | None = None, panels: Iterable[str] = (),
                  keys: Iterable[str] | None = None, cooldown: int = 0, warmup_steps: int = 0,
                  warmup_frac: float = 0.0, once: bool = False, source: str = "custom") -> None:
-        self.id = id
+        _describe(self, id, severity, message, title, action, reference, url, algorithms, panels)
         self.expr = when
         self.for_steps = for_steps
-        self.severity = severity
-        self.message = message
-        self.title = title or id
-        self.action = action
-        self.reference = reference
-        self.url = url
-        self.algorithms = frozenset(algorithms) if algorithms else None
-        self.panels = tuple(panels)
         self.keys = tuple(keys) if keys else when.keys
         if not self.keys and when.uses_step:
             raise RuleError(f"{source}: {keyless_problem(when)}")
@@ -228,17 +234,9 @@ class FunctionRule(Rule):
                  warmup_steps: int = 0, warmup_frac: float = 0.0, once: bool = False,
                  source: str = "python") -> None:
         self.fn = fn
-        self.id = id
+        _describe(self, id, severity, message, title, action, reference, url, algorithms, panels)
         self.keys = tuple(keys)
         self.metric_keys = self.keys
-        self.severity = severity
-        self.message = message
-        self.title = title or id
-        self.action = action
-        self.reference = reference
-        self.url = url
-        self.algorithms = frozenset(algorithms) if algorithms else None
-        self.panels = tuple(panels)
         # a Python rule runs at the log points of every split its keys belong to (train, eval or both)
         self.splits = tuple(splits) if splits else tuple(sorted({split_of(k) for k in self.keys}, reverse=True))
         self.for_steps = for_steps

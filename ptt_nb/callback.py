@@ -35,6 +35,11 @@ from .runfolder import RunWriter
 
 log = logging.getLogger("ptt_nb")
 
+# How far behind (seconds) the history and rules may run on a live run that does not auto-stop (Monitor.log
+# says why): about two refreshes of the dashboard (which sends at most every 0.1 s), and it turns ~9 cold rule
+# passes of a tiny CPU run (23 ms steps) into one cold pass and eight warm ones.
+DEFER_S = 0.2
+
 # Config values worth keeping in the run header (the rest of TrainingArguments is noise for diagnosis).
 CONFIG_KEYS = (
     "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "max_steps", "num_train_epochs",
@@ -76,8 +81,13 @@ def _find_trainer() -> Trainer | None:
     return None
 
 
+_FLOAT_ONLY = frozenset({float})
+
+
 def _numeric(logs: dict[str, Any], step: int, warned: set[str]) -> tuple[dict[str, float], dict[str, str]]:
     """Copy the numeric values of a log dict (TRL passes one shared mutable dict; never mutate it)."""
+    if _FLOAT_ONLY >= set(map(type, logs.values())):  # TRL logs plain floats: one C-level pass, one copy
+        return dict(logs), {}
     values: dict[str, float] = {}
     text: dict[str, str] = {}
     for key, value in logs.items():
@@ -274,6 +284,8 @@ class DiagnosticsCallback(TrainerCallback):
         self.monitor = Monitor(select=self.select, exclude=self.exclude, extra_rules=extra,
                                stop_on_critical=self.stop_on_critical)
         monitor = self.monitor
+        if not self.stop_on_critical:  # auto-stop must see every point at its own step: no deferral then
+            monitor.defer_s = DEFER_S
         monitor.run_dir = self.run_dir
         main = self.rank == 0
         if main:
@@ -352,15 +364,18 @@ class DiagnosticsCallback(TrainerCallback):
             from .distributed import RankStatsCollector
         except ImportError:
             return
-        self._rank_stats = RankStatsCollector.create(self, args, every=self.rank_stats_every)
+        collector = self._rank_stats = RankStatsCollector.create(self, args, every=self.rank_stats_every)
+        if collector is not None:
+            # only a multi-process run times its steps: these two hooks exist on this instance alone, so a
+            # single-process run pays nothing at step begin or before the optimizer step
+            def on_step_begin(args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                collector.step_begin(state.global_step)
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self._rank_stats is not None:
-            self._rank_stats.step_begin(state.global_step)
+            def on_pre_optimizer_step(args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                collector.pre_optimizer_step()
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self._rank_stats is not None:
-            self._rank_stats.pre_optimizer_step()
+            self.on_step_begin = on_step_begin
+            self.on_pre_optimizer_step = on_pre_optimizer_step
 
     def _stop_agreed(self) -> bool:
         """Multi-process: a stop only this rank saw (the widget lives on rank 0) waits for the next rank-stats
@@ -398,7 +413,7 @@ class DiagnosticsCallback(TrainerCallback):
         else:
             split = "train"
         monitor.log(state.global_step, values, split)
-        if monitor.stop_requested and self._stop_agreed():
+        if monitor.stop_flag and self._stop_agreed():
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -413,6 +428,7 @@ class DiagnosticsCallback(TrainerCallback):
         monitor = self.monitor
         step = self._state.global_step if self._state is not None else monitor.step
         try:
+            monitor.drain()  # the postmortem must see every logged point and its alerts
             dist_info = None
             if reason != "finished" and self._rank_stats is not None:  # which rank failed, when rank 0 can tell
                 dist_info = self._rank_stats.failure_report(reason)
@@ -432,6 +448,8 @@ class DiagnosticsCallback(TrainerCallback):
             self._remove_handlers()
             if self._rank_stats is not None:
                 self._rank_stats.close()
+                self.__dict__.pop("on_step_begin", None)
+                self.__dict__.pop("on_pre_optimizer_step", None)
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None

@@ -20,13 +20,13 @@ from .events import Alert, Event, Metrics, from_dict
 try:  # orjson is ~10x faster than json.dumps, which matters at one line per training step
     import orjson
 
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    def _line(obj: Any, _dumps=orjson.dumps, _option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE) -> bytes:
+        return _dumps(obj, option=_option)
 except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
     orjson = None
 
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), default=str).encode()
+    def _line(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
 
 log = logging.getLogger("ptt_nb")
 
@@ -58,15 +58,15 @@ def _has_nonfinite(values: dict[str, float]) -> bool:
 def encode_event(event: Event) -> bytes:
     """One JSON line. NaN/Inf become strings (strict JSON keeps them, unlike orjson's null)."""
     data = event.__dict__
-    if isinstance(event, Metrics):
-        line = _dumps(data)
+    if type(event) is Metrics:
+        line = _line(data)
         # orjson writes NaN/Inf as null and a metric value is never None: only then re-encode (rare path)
         if b"null" not in line:
-            return line + b"\n"
+            return line
         data = {**data, "values": _finite_or_str(event.values)}
     elif isinstance(event, Alert) and _has_nonfinite(event.evidence):
         data = {**data, "evidence": _finite_or_str(event.evidence)}
-    return _dumps(data) + b"\n"
+    return _line(data)
 
 
 class RunWriter:

@@ -208,3 +208,54 @@ def test_history_loses_nothing_when_another_thread_reads_it():
             assert len(values) == 20000 and (values == steps).all()
     finally:
         sys.setswitchinterval(old)
+
+
+def _deferring_monitor(tmp_path):
+    """A Monitor set up as the callback sets it on a live run without auto-stop, on a clock the test moves."""
+    now = [100.0]
+    m = Monitor()
+    m.defer_s = 0.2
+    m._clock = lambda: now[0]
+    writer = RunWriter(tmp_path / "run")
+    m.subscribe(writer)
+    m.start(RunStart(run_id="r", trainer="DPOTrainer", algorithm="dpo", max_steps=1000))
+    return m, now, writer
+
+
+def _dpo_values(step: int, loss: float | None = None) -> dict[str, float]:
+    return {"loss": 0.69 - step * 1e-3 if loss is None else loss, "grad_norm": 1.0, "learning_rate": 1e-5,
+            "rewards/margins": step * 1e-3, "rewards/accuracies": 0.6, "rewards/chosen": 0.01}
+
+
+def test_deferred_rules_keep_every_step_and_order_and_are_at_most_defer_s_late(tmp_path):
+    m, now, writer = _deferring_monitor(tmp_path)
+    for step in range(1, 31):
+        now[0] += 0.023  # a tiny CPU run's step: the rules run in batches of <= 0.2 s
+        opened = m.log(step, _dpo_values(step, loss=math.nan if step == 12 else None))
+        m.step_end(step)
+        if step == 12:
+            assert opened == [] and not m.alerts  # held back: not evaluated on this cold point
+        # after a step boundary nothing waits longer than defer_s
+        assert not m._deferred or now[0] - m._deferred_since < 0.2
+    events, _problems = read_events(tmp_path / "run")
+    nan_alerts = [(e.state, e.step, e.resolved_step) for e in events
+                  if e.kind == "alert" and e.rule == "nonfinite_values"]
+    assert nan_alerts == [("active", 12, None), ("resolved", 12, 13)]  # stamped with their own steps
+    # every metric line is on disk at once, in step order, whatever the rules are doing
+    steps = [e.step for e in events if e.kind == "metrics"]
+    assert steps == list(range(1, 31))
+    m.finish("finished")  # the end drains: history and rules have seen every point
+    assert not m._deferred and m.history.get("loss").n == 30 and m.history.last_step == 30
+    writer.close()
+
+
+def test_points_far_apart_or_back_to_back_are_evaluated_at_once(tmp_path):
+    m, now, writer = _deferring_monitor(tmp_path)
+    now[0] += 1.0
+    assert m.log(1, _dpo_values(1, loss=math.inf))  # slow steps (>= defer_s apart): the alert comes at once
+    now[0] += 0.25
+    m.log(2, _dpo_values(2))
+    assert not m._deferred
+    now[0] += 0.0001  # a replay or a burst: nothing evicted the caches, so nothing to gain by batching
+    assert m.log(3, _dpo_values(3, loss=math.nan))
+    writer.close()

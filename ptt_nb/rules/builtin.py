@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .distributed_rules import distributed_rules
 from .engine import Context, Finding, Rule
 
 _INF = math.inf
@@ -54,8 +55,6 @@ class NonFiniteValues(Rule):
 
 def default_rules() -> list[Rule]:
     """Fresh instances of every built-in rule (rules keep per-run state)."""
-    from .distributed_rules import distributed_rules
-
     rules: list[Rule] = [NonFiniteValues(), *distributed_rules()]
     try:
         from .catalog import catalog_rules

@@ -11,6 +11,7 @@ which is what a spike or NaN check needs).
 from __future__ import annotations
 
 import threading
+from itertools import chain
 from operator import itemgetter
 
 import numpy as np
@@ -18,6 +19,8 @@ import numpy as np
 from .decimate import minmax_decimate
 
 DEFAULT_CAP = 262_144
+_STEP = itemgetter(0)
+_VALUES = itemgetter(2)
 
 
 class Series:
@@ -148,12 +151,11 @@ class MetricHistory:
                     s.append(step0, first[key])
             else:
                 run = pending[i:j]
-                steps = np.fromiter((p[0] for p in run), dtype=np.int64, count=j - i)
-                if len(keys) == 1:
-                    rows = np.array([p[2][keys[0]] for p in run], dtype=np.float64).reshape(-1, 1)
-                else:
-                    get = itemgetter(*keys)
-                    rows = np.array([get(p[2]) for p in run], dtype=np.float64)
+                steps = np.fromiter(map(_STEP, run), dtype=np.int64, count=j - i)
+                # same keys in the same order on every row of the run: one flat pass over the values in C,
+                # ~3x cheaper than numpy reading a list of per-row tuples
+                flat = chain.from_iterable(map(dict.values, map(_VALUES, run)))
+                rows = np.fromiter(flat, dtype=np.float64, count=(j - i) * len(keys)).reshape(j - i, len(keys))
                 for c, s in enumerate(cols):
                     s.extend(steps, rows[:, c])
             i = j

@@ -152,8 +152,12 @@ class Monitor:
                         self._other_keys.append(key)
         if t is None:
             t = time.time()
-        if split == "train":
-            self._update_rate(step, t)
+        if split == "train":  # steps/s for the ETA: an EWMA over log points (inline: this runs every step)
+            last = self._last_log_t
+            if last is not None and step > last[0]:
+                rate = (step - last[0]) / max(t - last[1], 1e-9)
+                self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
+            self._last_log_t = (step, t)
         self.emit(Metrics(step=step, split=split, values=values, t=t))
         if step > self.step:
             self.step = step
@@ -199,13 +203,6 @@ class Monitor:
         finally:
             self._draining = False
         return out
-
-    def _update_rate(self, step: int, t: float) -> None:
-        last = self._last_log_t
-        if last is not None and step > last[0]:
-            rate = (step - last[0]) / max(t - last[1], 1e-9)
-            self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
-        self._last_log_t = (step, t)
 
     def _is_profile_key(self, key: str) -> bool:
         return any(profiles.match_key(p, key) for p in self._profile_keys)

@@ -115,32 +115,67 @@ def record_and_measure_share(train_steps: int, workdir: Path) -> tuple[list[dict
                         "timer": timer_ns / 1e9, "net": max(0.0, cb.spent_ns - cb.calls * timer_ns) / 1e9}
 
 
-def replay(logs: list[dict], steps: int, workdir: Path) -> list[float]:
-    from transformers import TrainerControl, TrainerState
+class _ListAppend:
+    """The issue's lower yardstick: a bare callback that appends each log to a list."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        pass
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(logs)
+
+
+def replay(logs: list[dict], steps: int, workdir: Path, block: int = 1000) -> dict[str, tuple[list, list]]:
+    """Per-step cost of our callback and of two yardsticks, fed the same logs in interleaved blocks of
+    ``block`` steps (ours, tqdm, bare, ours, ...), so a noisy neighbour slows all three alike.
+
+    Returns name -> (wall µs per step, CPU µs per step, clock-read overhead subtracted from CPU)."""
+    from transformers import ProgressCallback, TrainerControl, TrainerState
     from trl import DPOConfig
 
     from ptt_nb import DiagnosticsCallback
 
     args = DPOConfig(output_dir=str(workdir / "out"), report_to=[], max_steps=steps, learning_rate=1e-4,
                      use_cpu=True, bf16=False)
-    state, control = TrainerState(), TrainerControl()
-    state.max_steps = steps
-    cb = DiagnosticsCallback(run_dir=workdir / "replay_run", widget=False, console=False)
-    cb.on_train_begin(args, state, control)
-    assert cb.monitor.profile.name == "dpo"
-    wall, cpu = [], []
-    perf, cpu_ns = time.perf_counter_ns, time.thread_time_ns
-    for step in range(1, steps + 1):
-        log = dict(pingpong(logs, step - 1))
-        t0, c0 = perf(), cpu_ns()
-        cb.on_step_begin(args, state, control)
-        state.global_step = step
-        cb.on_step_end(args, state, control)
-        cb.on_log(args, state, control, logs=log)
-        c1, t1 = cpu_ns(), perf()
-        wall.append((t1 - t0) / 1000.0)
-        cpu.append((c1 - c0) / 1000.0)
-    cb.on_train_end(args, state, control)
+    ours = DiagnosticsCallback(run_dir=workdir / "replay_run", widget=False, console=False)
+    callbacks = {"ptt_nb": ours, "tqdm": ProgressCallback(), "bare": _ListAppend()}
+    states = {name: TrainerState(max_steps=steps) for name in callbacks}
+    control = TrainerControl()
+    devnull = open(os.devnull, "w")  # tqdm's bar and log lines go nowhere: its cost without a terminal's
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = devnull
+    try:
+        for name, cb in callbacks.items():
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(args, states[name], control)
+        assert ours.monitor.profile.name == "dpo"
+        out = {name: ([], []) for name in callbacks}
+        perf, cpu_ns = time.perf_counter_ns, time.thread_time_ns
+        for first in range(1, steps + 1, block):
+            for name, cb in callbacks.items():
+                state, (wall, cpu) = states[name], out[name]
+                step_begin, step_end, on_log = cb.on_step_begin, cb.on_step_end, cb.on_log
+                for step in range(first, min(first + block, steps + 1)):
+                    log = dict(pingpong(logs, step - 1))
+                    t0, c0 = perf(), cpu_ns()
+                    step_begin(args, state, control)
+                    state.global_step = step
+                    step_end(args, state, control)
+                    on_log(args, state, control, logs=log)
+                    c1, t1 = cpu_ns(), perf()
+                    wall.append((t1 - t0) / 1000.0)
+                    cpu.append((c1 - c0) / 1000.0)
+        ours.on_train_end(args, states["ptt_nb"], control)
+        callbacks["tqdm"].on_train_end(args, states["tqdm"], control)
+    finally:
+        sys.stdout, sys.stderr = saved
+        devnull.close()
     # the two clock reads themselves cost CPU (CLOCK_THREAD_CPUTIME_ID is a syscall): measure and subtract
     empty = []
     for _ in range(5000):
@@ -148,14 +183,15 @@ def replay(logs: list[dict], steps: int, workdir: Path) -> list[float]:
         c1, t1 = cpu_ns(), perf()
         empty.append((c1 - c0) / 1000.0)
     timer = statistics.median(empty)
-    return wall, [max(0.0, c - timer) for c in cpu], timer
+    return {name: (wall, [max(0.0, c - timer) for c in cpu], timer) for name, (wall, cpu) in out.items()}
 
 
 def _stats(d: list[float]) -> str:
     s = sorted(d)
     blocks = [statistics.fmean(d[i:i + 1000]) for i in range(0, len(d), 1000)]
     return (f"mean {statistics.fmean(d):.1f} µs  p50 {s[len(s) // 2]:.1f}  p99 {s[int(0.99 * len(s)) - 1]:.1f}  "
-            f"max {s[-1]:.1f}  | 1000-step block means {min(blocks):.1f}..{max(blocks):.1f}")
+            f"max {s[-1]:.1f}  | 1000-step block means {min(blocks):.1f}..{max(blocks):.1f} "
+            f"(median {statistics.median(blocks):.1f})")
 
 
 def main() -> None:
@@ -166,14 +202,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         logs, share = record_and_measure_share(a.train_steps, tmp)
-        wall, cpu, timer = replay(logs, a.steps, tmp)
+        runs = replay(logs, a.steps, tmp)
+        wall, cpu, timer = runs["ptt_nb"]
         load = os.getloadavg()[0]
         print(f"machine: {os.cpu_count()} cores, load average {load:.1f} (wall times include preemption)")
-        print(f"recorded {len(logs)} real DPO log points ({len(logs[0])} keys each)")
+        print(f"recorded {len(logs)} real DPO log points ({len(logs[0])} keys each), replayed forward and back")
         print(f"replay of {len(cpu)} steps, on_step_begin+on_step_end+on_log (capture, history, all "
               f"{_n_rules()} built-in rules, run-folder write)   [floors: mean ≤ 20 µs, p99 ≤ 200 µs]")
         print(f"  CPU time : {_stats(cpu)}   (clock-read overhead {timer:.1f} µs subtracted)")
         print(f"  wall time: {_stats(wall)}")
+        tqdm_cpu, bare_cpu = runs["tqdm"][1], runs["bare"][1]
+        ratio = statistics.fmean(cpu) / statistics.fmean(tqdm_cpu)
+        print(f"yardsticks, same steps in interleaved 1000-step blocks (CPU time): transformers' ProgressCallback "
+              f"(tqdm, to /dev/null) mean {statistics.fmean(tqdm_cpu):.1f} µs, a bare list-append callback "
+              f"{statistics.fmean(bare_cpu):.2f} µs; ptt_nb / tqdm = {ratio:.2f}   [the issue's figures put the "
+              f"20 µs floor at 20/120 = 0.17 of tqdm]")
         print(f"tiny DPO run: {a.train_steps} steps, {share['wall']:.2f} s wall ({share['cpu']:.2f} s CPU of the "
               f"training thread); the callback's own methods: {share['calls']} calls, "
               f"{share['spent'] * 1e3:.1f} ms = {share['spent'] / share['wall'] * 100:.3f} % of wall "

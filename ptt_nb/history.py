@@ -97,33 +97,45 @@ class MetricHistory:
     def __init__(self, cap: int = DEFAULT_CAP) -> None:
         self.cap = cap
         self._series: dict[tuple[str, str], Series] = {}
-        self._pending: list[tuple[int, str, dict[str, float]]] = []
+        self._pending: list[tuple[int, str, dict[str, float], tuple[str, ...]]] = []
         # readers (widget flush thread, magics) and the training thread both flush: one lock, uncontended
         # on the hot path (~0.1 µs), keeps a swap of the queue from dropping a concurrent append
         self._lock = threading.Lock()
-        self.latest: dict[str, float] = {}
-        self.latest_eval: dict[str, float] = {}
+        self._latest: dict[str, float] = {}
+        self._latest_eval: dict[str, float] = {}
         self.summary: dict[str, float] = {}
         self.last_step = 0
 
-    def add(self, step: int, split: str, values: dict[str, float]) -> None:
-        """Queue one log point (the dict is kept, not copied: callers pass a fresh one per point)."""
+    def add(self, step: int, split: str, values: dict[str, float], keys: tuple[str, ...] | None = None) -> None:
+        """Queue one log point (the dict is kept, not copied: callers pass a fresh one per point). ``keys`` is
+        ``tuple(values)``; a caller that passes the same tuple object for the same key set saves a comparison
+        per point when the queue is moved into the columns."""
         if split == "summary":
             self.summary.update(values)
             return
         with self._lock:
             pending = self._pending
-            pending.append((step, split, values))
+            pending.append((step, split, values, tuple(values) if keys is None else keys))
             full = len(pending) >= 128
-        (self.latest if split == "train" else self.latest_eval).update(values)
         if step > self.last_step:
             self.last_step = step
         if full:
             self.flush()
 
+    @property
+    def latest(self) -> dict[str, float]:
+        """Newest value of every train key (kept up to date when the queue is moved into the columns)."""
+        self.flush()
+        return self._latest
+
+    @property
+    def latest_eval(self) -> dict[str, float]:
+        self.flush()
+        return self._latest_eval
+
     def flush(self) -> None:
         """Move queued points into the columns: a run of points with the same keys becomes one 2-D array
-        (rows taken with ``itemgetter`` in C) whose columns are appended in bulk."""
+        (values read in one C pass) whose columns are appended in bulk."""
         with self._lock:
             self._flush_locked()
 
@@ -135,11 +147,11 @@ class MetricHistory:
         series = self._series
         i, total = 0, len(pending)
         while i < total:
-            step0, split, first = pending[i]
-            keys = tuple(first)
+            step0, split, first, keys = pending[i]
             j = i + 1
-            while j < total and pending[j][1] == split and tuple(pending[j][2]) == keys:
+            while j < total and pending[j][1] == split and (pending[j][3] is keys or pending[j][3] == keys):
                 j += 1
+            (self._latest if split == "train" else self._latest_eval).update(pending[j - 1][2])
             cols = []
             for key in keys:
                 s = series.get((split, key))

@@ -177,13 +177,14 @@ def snapshot_history(history: MetricHistory) -> MetricHistory:
         clone.n = n
         target[(split, key)] = clone
         last[(split, key)] = int(clone.steps[n - 1]) if n else -1
-    for step, split, values in pending:
+    # newest values: the flushed ones, then the queued points (applied when the copy flushes)
+    copy._latest.update(dict(history._latest))
+    copy._latest_eval.update(dict(history._latest_eval))
+    for step, split, values, *_keys in pending:
         fresh = {k: v for k, v in values.items() if step > last.get((split, k), -1)}
         if fresh:
             copy.add(step, split, fresh)
     copy.last_step = max(history.last_step, copy.last_step)
-    copy.latest.update(dict(history.latest))
-    copy.latest_eval.update(dict(history.latest_eval))
     copy.summary.update(dict(history.summary))
     return copy
 

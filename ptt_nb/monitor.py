@@ -74,7 +74,7 @@ class Monitor:
         self._last_log_t: tuple[int, float] | None = None
         # Deferred evaluation (live runs without auto-stop): see ``log``. 0 evaluates every point at once.
         self.defer_s = 0.0
-        self._deferred: list[tuple[int, str, dict[str, float]]] = []
+        self._deferred: list[tuple[int, str, dict[str, float], tuple[str, ...]]] = []
         self._deferred_since = 0.0
         self._last_log_clock = -math.inf
         self._draining = False
@@ -143,13 +143,15 @@ class Monitor:
                 value = fn(values)
                 if value is not None:
                     values[name] = value
+        keys = tuple(values)
         if split == "train":
-            keys = tuple(values)
             if keys != self._train_keys:  # TRL logs the same keys every step: look for new ones only on a change
                 self._train_keys = keys
                 for key in values:
                     if key not in self.history and key not in self._other_keys and not self._is_profile_key(key):
                         self._other_keys.append(key)
+            else:
+                keys = self._train_keys  # one tuple object per key set: identity checks in history and engine
         if t is None:
             t = time.time()
         if split == "train":  # steps/s for the ETA: an EWMA over log points (inline: this runs every step)
@@ -167,21 +169,21 @@ class Monitor:
             self._last_log_clock = clock
             deferred = self._deferred
             if deferred:
-                deferred.append((step, split, values))
+                deferred.append((step, split, values, keys))
                 if clock - self._deferred_since >= self.defer_s or len(deferred) >= DEFER_MAX_POINTS:
                     self.drain()
                 return []
             if DEFER_MIN_GAP_S <= gap < self.defer_s:
-                deferred.append((step, split, values))
+                deferred.append((step, split, values, keys))
                 self._deferred_since = clock
                 return []
-        return self._ingest(step, split, values)
+        return self._ingest(step, split, values, keys)
 
-    def _ingest(self, step: int, split: str, values: dict[str, float]) -> list[Alert]:
-        self.history.add(step, split, values)
+    def _ingest(self, step: int, split: str, values: dict[str, float], keys: tuple[str, ...]) -> list[Alert]:
+        self.history.add(step, split, values, keys)
         if not self.evaluate or split == "summary":
             return []
-        alerts = self.engine.evaluate(step, split, values)
+        alerts = self.engine.evaluate(step, split, values, keys)
         if alerts:
             self._publish_alerts(alerts)
         return alerts
@@ -198,8 +200,8 @@ class Monitor:
         try:
             while self._deferred:
                 deferred, self._deferred = self._deferred, []
-                for step, split, values in deferred:
-                    out.extend(self._ingest(step, split, values))
+                for step, split, values, keys in deferred:
+                    out.extend(self._ingest(step, split, values, keys))
         finally:
             self._draining = False
         return out

@@ -451,9 +451,10 @@ def test_snapshot_history_reads_columns_and_queue_without_flushing_the_live_hist
     steps, values = snap.get("loss").arrays()
     assert steps.tolist() == list(range(1, 134)) and values[-1] == pytest.approx(13.3)
     assert snap.get("eval_loss", "eval").arrays()[0].tolist() == [133]
+    assert snap.latest == {"loss": 13.3, "grad_norm": 1.0} and snap.latest_eval == {"eval_loss": 2.0}
     if hasattr(live, "_pending") and live._pending:
         # a flush on the training thread between our two reads: queued points already in a column count once
-        live._pending.insert(0, (128, "train", {"loss": 12.8, "grad_norm": 1.0}))
+        live._pending.insert(0, (128, "train", {"loss": 12.8, "grad_norm": 1.0}, ("loss", "grad_norm")))
         assert snapshot_history(live).get("loss").arrays()[0].tolist() == list(range(1, 134))
 
 

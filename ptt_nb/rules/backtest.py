@@ -9,6 +9,7 @@ are replayed when they are known (expression rules), which keeps a 10k-step hist
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,11 +85,12 @@ class _ReplayHistory(MetricHistory):
     def __init__(self, recorded: MetricHistory, keys: list[tuple[str, str]] | None) -> None:
         # deliberately not MetricHistory.__init__: the columns are ready-made, nothing is queued
         self.cap = recorded.cap
-        self.latest: dict[str, float] = {}
-        self.latest_eval: dict[str, float] = {}
+        self._latest: dict[str, float] = {}
+        self._latest_eval: dict[str, float] = {}
         self.summary: dict[str, float] = {}
         self.last_step = 0
         self._pending: list = []
+        self._lock = threading.Lock()
         self._replay: dict[tuple[str, str], Series] = {}
         self._full: dict[tuple[str, str], Series] = {}
         source = recorded.series
@@ -141,7 +143,7 @@ class _ReplayHistory(MetricHistory):
                 vals[key] = values[i]
         return out
 
-    def add(self, step: int, split: str, values: dict[str, float]) -> None:
+    def add(self, step: int, split: str, values: dict[str, float], keys: tuple[str, ...] | None = None) -> None:
         """Advance the given series by one point (the values are the recorded ones, in order)."""
         replay, full = self._replay, self._full
         for key in values:
@@ -150,7 +152,7 @@ class _ReplayHistory(MetricHistory):
             if s is None:
                 s = replay[sk] = full[sk]
             s.n += 1
-        (self.latest if split == "train" else self.latest_eval).update(values)
+        (self._latest if split == "train" else self._latest_eval).update(values)
         if step > self.last_step:
             self.last_step = step
 

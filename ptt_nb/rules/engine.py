@@ -116,6 +116,7 @@ class Engine:
         # (split, keys of a log point) -> the states to check, in registration order. TRL logs the same key
         # set at every step, so dispatch costs one tuple hash per log point instead of a walk over the keys.
         self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[RuleState, Any]]] = {}
+        self._last: tuple[Any, str, list[tuple[RuleState, Any]]] = (None, "", [])  # keys, split, plan
         for rule in rules:
             self.add(rule)
 
@@ -132,7 +133,7 @@ class Engine:
         self.states[rule.id] = state
         for key in rule.keys:
             self._by_key.setdefault(key, []).append(state)
-        self._plans.clear()
+        self._invalidate_plans()
 
     def remove(self, rule_id: str) -> None:
         state = self.states.pop(rule_id, None)
@@ -142,7 +143,7 @@ class Engine:
             lst = self._by_key.get(key, [])
             if state in lst:
                 lst.remove(state)
-        self._plans.clear()
+        self._invalidate_plans()
 
     def set_muted(self, rule_id: str, muted: bool) -> None:
         if rule_id not in self.states:
@@ -159,21 +160,29 @@ class Engine:
         out: list[Alert] = []
         for state in list(self.states.values()):
             self._run(state, state.rule.on_start, out)
-        self._plans.clear()  # on_start may have made rules inert
+        self._invalidate_plans()  # on_start may have made rules inert
         return out
 
-    def evaluate(self, step: int, split: str, values: dict[str, float]) -> list[Alert]:
+    def evaluate(self, step: int, split: str, values: dict[str, float], keys: tuple[str, ...] | None = None
+                 ) -> list[Alert]:
+        """``keys``: ``tuple(values)``, passed by a caller that has it; the same tuple object at every step
+        (as the Monitor passes it) skips even the plan lookup."""
         ctx = self.ctx
         ctx.step = step
         ctx.split = split
         ctx.values = values
-        sig = (split, tuple(values))
-        plan = self._plans.get(sig)
-        if plan is None:
-            if len(self._plans) > 256:  # key sets that keep changing: keep the cache bounded
-                self._plans.clear()
-            plan = self._plan(split, values)
-            self._plans[sig] = plan
+        last_keys, last_split, plan = self._last
+        if keys is None or keys is not last_keys or split != last_split:
+            if keys is None:
+                keys = tuple(values)
+            sig = (split, keys)
+            plan = self._plans.get(sig)
+            if plan is None:
+                if len(self._plans) > 256:  # key sets that keep changing: keep the cache bounded
+                    self._plans.clear()
+                plan = self._plan(split, values)
+                self._plans[sig] = plan
+            self._last = (keys, split, plan)
         out: list[Alert] = []
         for state, check in plan:
             try:
@@ -187,6 +196,11 @@ class Engine:
             elif finding is not HOLD or state.active is None:
                 self._found(state, finding, out)
         return out
+
+    def _invalidate_plans(self) -> None:
+        """Rules were added, removed, disabled or finished: dispatch plans are rebuilt on next use."""
+        self._plans.clear()
+        self._last = (None, "", [])
 
     def _plan(self, split: str, values: dict[str, float]) -> list[tuple[RuleState, Any]]:
         plan: list[RuleState] = []
@@ -219,7 +233,7 @@ class Engine:
 
     def _disable(self, state: RuleState, exc: Exception, out: list[Alert]) -> None:
         state.disabled = f"{type(exc).__name__}: {exc}"
-        self._plans.clear()
+        self._invalidate_plans()
         log.warning("ptt_nb: rule %r raised %s and is disabled", state.rule.id, state.disabled)
         out.append(self._rule_error_alert(state))
 
@@ -254,7 +268,7 @@ class Engine:
             rule.is_active = True
             if rule.once:
                 state.done = True
-                self._plans.clear()
+                self._invalidate_plans()
             if not state.muted:
                 out.append(alert)
         elif finding.severity and finding is not HOLD and _more_severe(finding.severity, state.active.severity):

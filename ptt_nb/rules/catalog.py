@@ -194,13 +194,14 @@ class DpoLossAtLn2(Rule):
         v = ctx.values
         x = v["loss"]
         m = v.get("rewards/margins")
-        if m is None or not finite(x) or not finite(m):
+        if m is None or x - x != 0.0 or m - m != 0.0:  # inline finite(): this runs on every DPO log point
             return None
-        self.loss.push(x)
+        loss = self.loss
+        loss.push(x)
         f = self.feat.update(ctx)
-        if not self.enabled or not self.loss.full or not _past(ctx, 50, 0.05):
+        if not self.enabled or loss.count < loss.n or not _past(ctx, 50, 0.05):
             return None
-        ml, mm = self.loss.mean, f.margin10.mean
+        ml, mm = loss.mean, f.margin10.mean
         if abs(ml - LN2) >= 0.01 or abs(mm) >= 0.01:
             return None
         # calibrated: a slow but separating run (accuracy ~1, small positive margin) is not stuck

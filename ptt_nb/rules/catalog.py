@@ -272,7 +272,7 @@ class PrefMarginInverted(Rule):
 
     def check(self, ctx: Context) -> Finding | None:
         f = self.feat.update(ctx)
-        if not f.margin10.full or ctx.step < 50:
+        if ctx.step < 50 or f.margin10.count < f.margin10.n:
             return None
         mm = f.margin10.mean
         ma = f.acc10.mean if f.acc10.full else None
@@ -319,15 +319,18 @@ class DpoLikelihoodDisplacement(Rule):
         v = ctx.values
         c = v["rewards/chosen"]
         m = v.get("rewards/margins")
-        if m is None or not finite(c) or not finite(m):
+        if m is None or c - c != 0.0 or m - m != 0.0:  # finite(), inline: every DPO/KTO log point
             return None
-        self.chosen.push(c)
+        chosen = self.chosen
+        chosen.push(c)
         margin = self.feat.update(ctx).margin20
-        lp = v.get("logps/chosen")
-        if lp is not None and self.base.value is None and finite(lp) and ctx.step >= 10:
-            self.base.push(lp)
-        if c >= 0 or not self.chosen.full:
+        if self.base.value is None and ctx.step >= 10:
+            lp = v.get("logps/chosen")
+            if lp is not None and lp - lp == 0.0:
+                self.base.push(lp)
+        if c >= 0 or chosen.count < chosen.n:
             return None
+        lp = v.get("logps/chosen")
         sc, sm = self.chosen.slope, margin.slope
         # calibrated: both trends must be significant (|t| > 2) and the window's mean chosen reward < 0; the
         # catalog's bare signs flapped on noise around 0 in healthy tiny KTO runs
@@ -1276,26 +1279,31 @@ class _SpikeDetector:
     def push(self, x: float, check: bool = True) -> tuple[float, float] | None:
         """Returns (z, median) when ``x`` is a spike against the window before it; then pushes ``x``."""
         ring = self.ring
+        k = len(ring)
         out = None
-        if len(ring) >= self.min_points:
-            d = x - self.m
-            if check and d > 2.5 * self.s:
+        if k >= self.min_points:
+            m, s = self.m, self.s
+            d = x - m
+            if check and d > 2.5 * s:
                 med, scale = self.exact()
                 z = (x - med) / scale
                 if z > self.z:
                     out = (z, med)
-            lim = 3.0 * self.s
+            lim = 3.0 * s
             cd = lim if d > lim else (-lim if d < -lim else d)
-            self.m += self.alpha * cd
-            self.s += self.alpha * ((-cd if cd < 0 else cd) - self.s)
-        if len(ring) < self.n:
+            a = self.alpha
+            self.m = m + a * cd
+            self.s = s + a * ((-cd if cd < 0 else cd) - s)
+        if k < self.n:
             ring.append(x)
-            if len(ring) == self.min_points:
+            if k + 1 == self.min_points:
                 self.m, scale = self.exact()
                 self.s = scale / 1.4826 * 0.8 + 1e-12
         else:
-            ring[self.i] = x
-            self.i = (self.i + 1) % self.n
+            i = self.i
+            ring[i] = x
+            i += 1
+            self.i = 0 if i == self.n else i
         return out
 
 
@@ -1322,7 +1330,7 @@ class LossSpike(Rule):
         split = ctx.split
         key = "loss" if split == "train" else "eval_loss"
         x = ctx.values.get(key)
-        if x is None or not finite(x):
+        if x is None or x - x != 0.0:  # not finite
             return None
         if split == "train":
             self.n += 1
@@ -1388,7 +1396,7 @@ class GradNormSpike(Rule):
             # are that noisy); a spike must also be >= 2.5x the median (or >= 10x by the catalog's other branch)
             if (z > det.z and g > 2.5 * med) or g > 10 * med:
                 hit = (z, mlog)
-        det.push(lg, check=False)
+        det.push(lg, False)
         lr = self.loss_rule
         if self.spike_step is not None:
             self.since += 1

@@ -106,7 +106,10 @@ def test_lab_ptt_train_dashboard_live_rule_and_stop(lab_server: JupyterServer, p
     seen.touch()  # the busy cell may end now, and `%ptt stop` run
     # backtest markers are not alerts: the feed holds only what happened, and they survived the live alert's redraw
     assert page.page.evaluate(f"() => {VIEWS}[0].feed.all().every(a => a.state !== 'backtest')")
-    assert page.page.evaluate(f"() => ({BACKTEST_MARKERS})(['pref_margin', 'margin_positive'])")[0][0] == first
+    # (a panel rebuilt meanwhile, e.g. for a new key, redraws its markers at its next repaint: wait for that)
+    again = page.wait_js(f"() => {{ const m = ({BACKTEST_MARKERS})(['pref_margin', 'margin_positive']); "
+                         "return m.length ? m : null; }", timeout=15)
+    assert again[0][0] == first
     page.page.locator(".jp-OutputArea-output", has_text="final stopped_by_user").wait_for(timeout=180_000)
     page.wait_js("() => [...document.querySelectorAll('.ptt-badge')].some(b => /stopped by user/.test("
                  "b.textContent))", timeout=30)

@@ -123,9 +123,15 @@ class MetricHistory:
             self.summary.update(values)
             return
         with self._lock:
+            flat = self._flat
+            n = len(flat)
+            try:
+                flat.extend(values.values())
+            except TypeError:  # not a number: the queue stays as it was (extend may have taken a prefix)
+                del flat[n:]
+                raise TypeError(f"metric values at step {step} must be numbers, got {values!r}") from None
             pending = self._pending
             pending.append((step, split, values, tuple(values) if keys is None else keys))
-            self._flat.extend(values.values())
             full = len(pending) >= 128
         if step > self.last_step:
             self.last_step = step

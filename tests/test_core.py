@@ -259,3 +259,17 @@ def test_points_far_apart_or_back_to_back_are_evaluated_at_once(tmp_path):
     now[0] += 0.0001  # a replay or a burst: nothing evicted the caches, so nothing to gain by batching
     assert m.log(3, _dpo_values(3, loss=math.nan))
     writer.close()
+
+
+def test_history_refuses_a_non_number_and_keeps_its_queue_aligned():
+    from ptt_nb.history import MetricHistory
+
+    h = MetricHistory()
+    h.add(1, "train", {"a": 1.0, "b": 2.0})
+    with pytest.raises(TypeError, match="step 2 must be numbers"):
+        h.add(2, "train", {"a": 1.5, "b": "x"})  # 'a' was read before 'b' failed: it must not stay queued
+    h.add(3, "train", {"a": 3.0, "b": 4.0})
+    h.add(4, "train", {"a": 5.0, "b": 6.0})
+    assert h.get("a").arrays()[1].tolist() == [1.0, 3.0, 5.0]
+    assert h.get("b").arrays()[1].tolist() == [2.0, 4.0, 6.0]
+    assert h.latest == {"a": 5.0, "b": 6.0}

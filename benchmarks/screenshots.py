@@ -56,24 +56,13 @@ import logging, warnings
 warnings.filterwarnings("ignore")
 for name in ("trl", "transformers", "datasets", "accelerate"):
     logging.getLogger(name).setLevel(logging.ERROR)
-from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from ptt_nb import DiagnosticsCallback
-from ptt_nb.tiny import make_trainer
+from ptt_nb.tiny import make_trainer, nan_grad_norm_at
 
-
-class NaNGradNormAt(TrainerCallback):
-    # a diverging run, provoked: the grad norm logged at this step becomes NaN (shared logs dict, written first)
-    def __init__(self, step):
-        self.step = step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.global_step == self.step and logs and "grad_norm" in logs:
-            logs["grad_norm"] = float("nan")
-
-
+# a diverging run, provoked: the grad norm logged at step 30 becomes NaN
 diag = DiagnosticsCallback(run_dir={run_dir!r}, stop_on_critical=True)
-trainer = make_trainer("dpo", {workdir!r}, callbacks=[NaNGradNormAt(30), diag], max_steps=40)
+trainer = make_trainer("dpo", {workdir!r}, callbacks=[nan_grad_norm_at(30), diag], max_steps=40)
 trainer.remove_callback(PrinterCallback)  # the dashboard replaces the per-step log dicts
 trainer.train()
 """

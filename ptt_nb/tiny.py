@@ -128,6 +128,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def nan_grad_norm_at(step: int) -> Any:
+    """A callback that makes the grad_norm logged at ``step`` NaN, as a diverging run would log it.
+
+    TRL hands every callback one shared logs dict: listed before DiagnosticsCallback, this one writes first."""
+    from transformers import TrainerCallback
+
+    class NaNGradNormAt(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if state.global_step == step and logs and "grad_norm" in logs:
+                logs["grad_norm"] = float("nan")
+
+    return NaNGradNormAt()
+
+
 def make_trainer(algorithm: str, workdir: str | os.PathLike[str], *, callbacks: list[Any] | None = None,
                  max_steps: int = 8, seed: int = 0, n_rows: int = 64, reward_func: Callable | None = None,
                  dataset: Any = None, eval_dataset: Any = None, **config: Any):

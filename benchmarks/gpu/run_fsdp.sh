@@ -3,11 +3,7 @@
 # FSDP1? Each with an injected straggler (rank 1, 40 ms) and, as a control, once with rank stats off.
 set -u
 N=${1:-2}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-nvidia-smi -L
+source benchmarks/gpu/env.sh
 python3 -c "from ptt_nb import tiny; tiny.build_model('/tmp/w/model', hidden=1024, layers=8)" || exit 1
 BASE="python3 -m accelerate.commands.launch --num_processes $N --num_machines 1 --mixed_precision bf16 --dynamo_backend no --use_fsdp"
 FSDP2="--fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer --fsdp_reshard_after_forward true --fsdp_state_dict_type SHARDED_STATE_DICT"

@@ -4,11 +4,7 @@
 # events.jsonl / postmortem.json, logs, the benchmark's JSON). Usage: bash benchmarks/gpu/run_nccl.sh N
 set -u
 N=${1:-2}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-nvidia-smi -L
+source benchmarks/gpu/env.sh
 python3 -c "import torch, transformers, accelerate, trl, datasets; print('versions', torch.__version__, transformers.__version__, accelerate.__version__, trl.__version__, datasets.__version__)" || exit 1
 python3 -c "from ptt_nb import tiny; tiny.build_model('/tmp/w/model', hidden=1024, layers=8)" || exit 1
 # smoke test: a 2-step single-GPU DPO; if TRL 1.16 does not run on the image's transformers, bring 5.24

@@ -39,25 +39,13 @@ import logging, warnings
 warnings.filterwarnings("ignore")
 logging.getLogger("trl").setLevel(logging.ERROR)
 logging.getLogger("transformers").setLevel(logging.ERROR)
-from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from ptt_nb import DiagnosticsCallback
-from ptt_nb.tiny import make_trainer
+from ptt_nb.tiny import make_trainer, nan_grad_norm_at
 
-
-class NaNGradNormAt(TrainerCallback):
-    # Provokes the non-finite rule as a diverging run would. TRL hands every callback one shared logs dict;
-    # writing into it (before DiagnosticsCallback reads it) is done here on purpose.
-    def __init__(self, step):
-        self.step = step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.global_step == self.step and logs and "grad_norm" in logs:
-            logs["grad_norm"] = float("nan")
-
-
+# provokes the non-finite rule as a diverging run would (writes into the shared logs dict before we read it)
 diag = DiagnosticsCallback(run_dir={run_dir!r})
-callbacks = [NaNGradNormAt({nan_step}), diag] if {nan_step} else [diag]
+callbacks = [nan_grad_norm_at({nan_step}), diag] if {nan_step} else [diag]
 trainer = make_trainer("dpo", {workdir!r}, callbacks=callbacks, max_steps={max_steps})
 trainer.remove_callback(PrinterCallback)  # keep the cell output to the dashboard
 """

@@ -136,7 +136,8 @@ class _ListAppend:
         self.logs.append(logs)
 
 
-def replay(logs: list[dict], steps: int, workdir: Path, block: int = 1000) -> dict[str, tuple[list, list]]:
+def replay(logs: list[dict], steps: int, workdir: Path, block: int = 1000
+           ) -> dict[str, tuple[list[float], list[float], float]]:
     """Per-step cost of our callback and of two yardsticks, fed the same logs in interleaved blocks of
     ``block`` steps (ours, tqdm, bare, ours, ...), so a noisy neighbour slows all three alike.
 

@@ -20,13 +20,18 @@ from .events import Alert, Event, Metrics, from_dict
 try:  # orjson is ~10x faster than json.dumps, which matters at one line per training step
     import orjson
 
-    def _line(obj: Any, _dumps=orjson.dumps, _option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE) -> bytes:
-        return _dumps(obj, option=_option)
+    _dumps = orjson.dumps
+    _LINE = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # one JSON line, newline included
 except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
     orjson = None
+    _LINE = 0
 
-    def _line(obj: Any) -> bytes:
+    def _dumps(obj: Any, option: int = 0) -> bytes:
         return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def _line(obj: Any) -> bytes:
+    return _dumps(obj, option=_LINE)
 
 log = logging.getLogger("ptt_nb")
 
@@ -88,8 +93,8 @@ class RunWriter:
     def __call__(self, event: Event) -> None:
         if self._fd is None:
             return
-        if type(event) is Metrics:  # one per log point: encoded here, without encode_event's extra calls
-            line = _line(event.__dict__)
+        if type(event) is Metrics:  # one per log point: encoded right here (each call on this path costs)
+            line = _dumps(event.__dict__, option=_LINE)
             os.write(self._fd, line if b"null" not in line else encode_event(event))
         else:
             os.write(self._fd, encode_event(event))

@@ -85,8 +85,9 @@ _FLOAT_ONLY = frozenset({float})
 
 
 def _numeric(logs: dict[str, Any], step: int, warned: set[str]) -> tuple[dict[str, float], dict[str, str]]:
-    """Copy the numeric values of a log dict (TRL passes one shared mutable dict; never mutate it). The common
-    all-float dict takes a shortcut in ``on_log`` before this is called."""
+    """Copy the numeric values of a log dict (TRL passes one shared mutable dict; never mutate it)."""
+    if _FLOAT_ONLY >= set(map(type, logs.values())):  # TRL logs plain floats: one C-level pass, one copy
+        return dict(logs), {}
     values: dict[str, float] = {}
     text: dict[str, str] = {}
     for key, value in logs.items():
@@ -402,10 +403,7 @@ class DiagnosticsCallback(TrainerCallback):
         monitor = self.monitor
         if monitor is None or not logs:
             return
-        if _FLOAT_ONLY >= set(map(type, logs.values())):  # TRL logs plain floats: one C-level pass, one copy
-            values = dict(logs)
-        else:
-            values, _text = _numeric(logs, state.global_step, self._warned_keys)
+        values, _text = _numeric(logs, state.global_step, self._warned_keys)
         # evaluate() prefixes every key (eval_loss, eval_runtime, ...) and adds epoch last; the summary log
         # carries train_runtime. Checking two keys is enough and keeps the per-step cost flat.
         if "train_runtime" in values:

@@ -20,18 +20,14 @@ from .events import Alert, Event, Metrics, from_dict
 try:  # orjson is ~10x faster than json.dumps, which matters at one line per training step
     import orjson
 
-    _dumps = orjson.dumps
-    _LINE = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE  # one JSON line, newline included
+    def _line(obj: Any, _dumps=orjson.dumps, _option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE) -> bytes:
+        """One JSON line, newline included."""
+        return _dumps(obj, option=_option)
 except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
     orjson = None
-    _LINE = 0
 
-    def _dumps(obj: Any, option: int = 0) -> bytes:
+    def _line(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
-
-
-def _line(obj: Any) -> bytes:
-    return _dumps(obj, option=_LINE)
 
 log = logging.getLogger("ptt_nb")
 
@@ -91,12 +87,7 @@ class RunWriter:
                     os.write(self._fd, b"\n")
 
     def __call__(self, event: Event) -> None:
-        if self._fd is None:
-            return
-        if type(event) is Metrics:  # one per log point: encoded right here (each call on this path costs)
-            line = _dumps(event.__dict__, option=_LINE)
-            os.write(self._fd, line if b"null" not in line else encode_event(event))
-        else:
+        if self._fd is not None:
             os.write(self._fd, encode_event(event))
 
     def close(self) -> None:

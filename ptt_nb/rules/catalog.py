@@ -324,13 +324,11 @@ class DpoLikelihoodDisplacement(Rule):
         chosen = self.chosen
         chosen.push(c)
         margin = self.feat.update(ctx).margin20
-        if self.base.value is None and ctx.step >= 10:
-            lp = v.get("logps/chosen")
-            if lp is not None and lp - lp == 0.0:
-                self.base.push(lp)
+        lp = v.get("logps/chosen")
+        if lp is not None and self.base.value is None and lp - lp == 0.0 and ctx.step >= 10:
+            self.base.push(lp)
         if c >= 0 or chosen.count < chosen.n:
             return None
-        lp = v.get("logps/chosen")
         sc, sm = self.chosen.slope, margin.slope
         # calibrated: both trends must be significant (|t| > 2) and the window's mean chosen reward < 0; the
         # catalog's bare signs flapped on noise around 0 in healthy tiny KTO runs

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -112,10 +113,16 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if rank == 0:
         print(json.dumps({"wall_s": wall, "steps": a.steps, "stats": not a.no_stats}), flush=True)
-    # tear the process group down before exit, as PyTorch asks: left to interpreter shutdown, gloo's worker threads
-    # were once destroyed while joinable ("terminate called without an active exception", SIGABRT on one rank)
+    # Tear down as PyTorch asks, then leave without interpreter finalization. Left to finalization, gloo's C++
+    # threads were destroyed while joinable ("terminate called without an active exception", SIGABRT on one
+    # rank): once with no teardown at all, and once in ~600 CI launches even after destroy_process_group (the
+    # trainer's DDP reducer still holds the group). Everything this script writes is closed by now.
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears down while another is still in a collective
         torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ log = logging.getLogger("ptt_nb")
 
 # How far behind (seconds) the history and rules may run on a live run that does not auto-stop (Monitor.log
 # says why): about two refreshes of the dashboard (which sends at most every 0.1 s), and it turns ~9 cold rule
-# passes of a tiny CPU run (23 ms steps) into one cold pass and eight warm ones.
+# passes of a tiny CPU run (23 ms steps) into one cold pass and eight warm ones. Routine train metric lines of a
+# fast run reach events.jsonl in batches of the same age (RunWriter says when a line is written at once).
 DEFER_S = 0.2
 
 # Config values worth keeping in the run header (the rest of TrainingArguments is noise for diagnosis).
@@ -289,7 +290,7 @@ class DiagnosticsCallback(TrainerCallback):
         monitor.run_dir = self.run_dir
         main = self.rank == 0
         if main:
-            self._writer = RunWriter(self.run_dir)
+            self._writer = RunWriter(self.run_dir, batch_s=DEFER_S)
             monitor.subscribe(self._writer)
             notebook = environment.in_notebook()
             show_widget = notebook if self.widget_option is None else self.widget_option
@@ -429,6 +430,8 @@ class DiagnosticsCallback(TrainerCallback):
         step = self._state.global_step if self._state is not None else monitor.step
         try:
             monitor.drain()  # the postmortem must see every logged point and its alerts
+            if self._writer is not None:
+                self._writer.flush()  # every line on disk before the postmortem says where the run ended
             dist_info = None
             if reason != "finished" and self._rank_stats is not None:  # which rank failed, when rank 0 can tell
                 dist_info = self._rank_stats.failure_report(reason)

@@ -591,6 +591,9 @@ class RankStatsCollector:
         run_dir = getattr(self.callback, "run_dir", None)
         if run_dir is None:
             return
+        writer = getattr(self.callback, "_writer", None)
+        if writer is not None:
+            writer.flush()  # the metric lines a batch still holds: on disk before a SIGKILL can come
         from . import postmortem
 
         data = postmortem.build(monitor, "rank_failure", step=step, detail=self.failure["summary"])

@@ -7,15 +7,16 @@ import logging
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 
 from ptt_nb import load_run
 from ptt_nb.console import ConsoleSink, format_alert
-from ptt_nb.events import Alert, RunStart
+from ptt_nb.events import Alert, Metrics, RunStart
 from ptt_nb.monitor import Monitor
 from ptt_nb.profiles import detect
-from ptt_nb.runfolder import Follower, RunWriter, read_events
+from ptt_nb.runfolder import MAX_HELD, Follower, RunWriter, read_events
 
 from .conftest import REPO, events_of
 
@@ -82,6 +83,71 @@ def test_events_survive_a_crash_at_any_byte_and_resume_appends(tmp_path):
     assert events[-1].message == "after resume" and len(problems) == 1 and ":6:" in problems[0]
     monitor = load_run(tmp_path)
     assert math.isnan(monitor.history.get("grad_norm").values[2])
+
+
+def _lines_on_disk(run_dir) -> list[tuple[str, object]]:
+    events, problems = read_events(run_dir)
+    assert problems == []
+    return [(e.kind, getattr(e, "step", None)) for e in events]
+
+
+def test_live_writer_holds_only_routine_train_lines_and_never_reorders(tmp_path):
+    """RunWriter(batch_s): train metric lines of a fast run wait for one write per batch; every other event is
+    written at once, with the held lines before it, so the file is always a prefix of the run, in order."""
+    now = [100.0]
+    writer = RunWriter(tmp_path, batch_s=0.2, clock=lambda: now[0])
+    writer(_run())
+    assert _lines_on_disk(tmp_path) == [("run_start", None)]
+    for step in range(1, 6):  # 23 ms steps: held
+        now[0] += 0.023
+        writer(Metrics(step=step, split="train", values={"loss": 1.0, "grad_norm": math.nan if step == 4 else 0.5}))
+    assert _lines_on_disk(tmp_path) == [("run_start", None)]
+    now[0] += 0.023
+    writer(Alert(id="nonfinite@4", rule="nonfinite_values", severity="critical", step=4, message="NaN"))
+    assert _lines_on_disk(tmp_path) == [("run_start", None), *[("metrics", s) for s in range(1, 6)], ("alert", 4)]
+    assert math.isnan(read_events(tmp_path)[0][4].values["grad_norm"])  # NaN survives the batched encode
+    now[0] += 0.023
+    writer(Metrics(step=6, split="train", values={"loss": 1.0}))
+    writer(Metrics(step=6, split="eval", values={"eval_loss": 1.1}))  # eval: at once, after the held step 6
+    assert _lines_on_disk(tmp_path)[-2:] == [("metrics", 6), ("metrics", 6)]
+    for step in range(7, 15):  # 8 x 23 ms < batch_s since the last write: held
+        now[0] += 0.023
+        writer(Metrics(step=step, split="train", values={"loss": 1.0}))
+        assert _lines_on_disk(tmp_path)[-1] == ("metrics", 6)
+    now[0] += 0.023  # the line that crosses batch_s goes out with the held ones
+    writer(Metrics(step=15, split="train", values={"loss": 1.0}))
+    assert [s for k, s in _lines_on_disk(tmp_path) if k == "metrics"][-10:] == [6, *range(7, 16)]
+    for step in range(16, 16 + 3 * MAX_HELD):  # back-to-back lines (a replay, a burst): bounded batches
+        writer(Metrics(step=step, split="train", values={"loss": 1.0}))
+        assert step - max(s for k, s in _lines_on_disk(tmp_path) if k == "metrics") <= MAX_HELD
+    writer.close()
+    steps = [s for k, s in _lines_on_disk(tmp_path) if k == "metrics"]
+    assert steps == [*range(1, 7), 6, *range(7, 16 + 3 * MAX_HELD)]
+
+
+def test_live_writer_backstop_writes_held_lines_when_training_goes_quiet(tmp_path):
+    """A hang or a long evaluation after a fast stretch: the held lines still reach the file within backstop_s."""
+    writer = RunWriter(tmp_path, batch_s=60.0, backstop_s=0.05)
+    writer(_run())
+    writer(Metrics(step=1, split="train", values={"loss": 1.0}))
+    assert _lines_on_disk(tmp_path) == [("run_start", None)]
+    deadline = time.monotonic() + 10
+    while len(_lines_on_disk(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _lines_on_disk(tmp_path) == [("run_start", None), ("metrics", 1)]
+    writer.close()
+    writer._backstop.join(5)
+    assert not writer._backstop.is_alive()
+
+
+def test_a_writer_without_batch_s_writes_every_line_at_once(tmp_path):
+    writer = RunWriter(tmp_path)
+    writer(_run())
+    for step in range(1, 4):
+        writer(Metrics(step=step, split="train", values={"loss": 1.0}))
+        assert _lines_on_disk(tmp_path)[-1] == ("metrics", step)
+    assert writer._backstop is None
+    writer.close()
 
 
 def test_follower_never_misses_or_duplicates_across_partial_lines(tmp_path):

@@ -137,7 +137,7 @@ def _follow(cmd: list[str], watcher: Watcher, env: dict[str, str]) -> list[int]:
 def test_watcher_follows_a_real_training_process(tmp_path):
     """A plain ``python`` process trains a tiny DPO with DiagnosticsCallback(run_dir=...); we watch the parent
     folder from before the run folder exists and must see every step exactly once, as the file has them."""
-    steps = 12
+    steps = 40  # ~1 s of training: the live callback writes routine lines in batches of <= 0.2 s
     runs = tmp_path / "runs"
     watcher = Watcher(runs, interval=0.1)
     seen = []

@@ -75,6 +75,14 @@ def encode_event(event: Event) -> bytes:
     return _line(data)
 
 
+def _encode_metrics(events: list[Metrics]) -> bytes:
+    """Held metric lines in one piece: encode_event's NaN check once for the batch instead of once a line."""
+    data = b"".join([_line(e.__dict__) for e in events])
+    if b"null" in data:  # a NaN or Inf somewhere (orjson writes null): the exact per-line encoding
+        data = b"".join([encode_event(e) for e in events])
+    return data
+
+
 class RunWriter:
     """Appends events to ``run_dir/events.jsonl``. Use it as a Monitor sink.
 
@@ -135,11 +143,11 @@ class RunWriter:
         """Write the held lines, then ``event``, in one system call (the caller holds the lock)."""
         if self._fd is None:
             return
-        parts = [encode_event(e) for e in self._take()] if self._held else []
+        data = _encode_metrics(self._take()) if self._held else b""
         if event is not None:
-            parts.append(encode_event(event))
-        if parts:
-            os.write(self._fd, b"".join(parts) if len(parts) > 1 else parts[0])
+            data += encode_event(event)
+        if data:
+            os.write(self._fd, data)
             self._last_write = now
 
     def flush(self) -> None:

@@ -1,6 +1,7 @@
 """How late does ``ptt_nb.watch.Watcher`` see an event another process writes, and what does following cost?
 
-A child process appends Metrics events through ``RunWriter`` (the callback's writer) every ``--every`` seconds;
+A child process appends Metrics events through ``RunWriter`` as the live callback sets it up (routine train lines of
+a fast run written in batches of at most ``DEFER_S`` = 0.2 s, runfolder.RunWriter) every ``--every`` seconds;
 the watcher here records, for each event, arrival time minus the event's own timestamp. Then the watcher polls
 an idle folder for ``--idle`` seconds and we report the CPU time the whole process used meanwhile.
 
@@ -25,15 +26,17 @@ from ptt_nb.watch import Watcher
 CHILD = textwrap.dedent("""
     import sys, time
     from ptt_nb.events import Metrics, RunStart
+    from ptt_nb.callback import DEFER_S
     from ptt_nb.runfolder import RunWriter
     run_dir, n, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    w = RunWriter(run_dir)
+    w = RunWriter(run_dir, batch_s=DEFER_S)
     w(RunStart(run_id="bench", trainer="DPOTrainer", algorithm="dpo", max_steps=n))
     values = {k: 0.5 for k in ("loss", "grad_norm", "learning_rate", "rewards/margins", "rewards/accuracies",
                                "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "entropy")}
     for step in range(1, n + 1):
         time.sleep(every)
         w(Metrics(step=step, split="train", values=values))
+    w.close()
 """)
 
 

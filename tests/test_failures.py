@@ -87,6 +87,28 @@ def test_sigterm_sent_to_a_training_subprocess(tmp_path):
     assert "wait_for_signal" in pm["traceback"] or "sleep" in pm["traceback"]
 
 
+def test_sigkill_of_a_hung_run_loses_no_metric_line(tmp_path):
+    """No handler runs on SIGKILL (the OOM killer, a launcher's last resort). The live callback holds a fast
+    run's routine lines for one write per 0.2 s; once training hangs, its backstop thread writes them, so a
+    later SIGKILL finds every step up to the hang on disk, in order, each line complete."""
+    run_dir = tmp_path / "run"
+    proc = _waiting_at_step(tmp_path, run_dir, 6)  # steps 1-5 completed at CPU speed, then hangs in step 6
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the backstop writes within ~2 s of the last write
+        if [r["step"] for r in events_of(run_dir, "metrics")] == [1, 2, 3, 4, 5]:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    data = (run_dir / "events.jsonl").read_bytes()
+    assert data.endswith(b"\n")
+    rows = events_of(run_dir)
+    assert [r["step"] for r in rows if r["kind"] == "metrics"] == [1, 2, 3, 4, 5]
+    assert rows[0]["kind"] == "run_start" and rows[-1]["kind"] != "run_end"
+    assert not (run_dir / "postmortem.json").exists()
+
+
 def test_sigterm_chains_to_the_users_handler_and_restores_it(tmp_path):
     run_dir = tmp_path / "run"
     proc = _waiting_at_step(tmp_path, run_dir, 2, "--own-sigterm-handler")

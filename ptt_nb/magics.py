@@ -523,7 +523,7 @@ class PttMagics(Magics):
         now = True
         for source in sources:
             rule = source.make()
-            now = applier.submit(f"add rule {source.id}", lambda rule=rule: monitor.engine.add(rule)) and now
+            now = applier.submit(f"add rule {source.id}", lambda rule=rule: monitor.add_rule(rule)) and now
         when = "" if now else " from the next log point"
         print(f"added {ids} to the current run{when} and to this session's later runs")
 

@@ -217,6 +217,14 @@ class Monitor:
                 reason = "nonfinite" if alert.rule == "nonfinite_values" else "auto_stop"
                 self.request_stop(by="auto_stop", reason=reason, alert=alert)
 
+    def add_rule(self, rule: Rule) -> list[Alert]:
+        """Add (or replace) a rule on a run that may already be going; its config-time check runs at once.
+        Call it on the thread that feeds this Monitor (``session.Applier`` does)."""
+        alerts = self.engine.add(rule)
+        if alerts:
+            self._publish_alerts(alerts)
+        return alerts
+
     def add_alert(self, alert: Alert) -> None:
         """Record an alert event (from the engine, a distributed check, or a replayed file)."""
         if alert.state == "resolved":

@@ -154,7 +154,7 @@ class Session:
         added = []
         for source in list(self.rules.values()):
             try:
-                monitor.engine.add(source.make())
+                monitor.add_rule(source.make())
                 added.append(source.id)
             except Exception as exc:  # a stale session rule must not stop a new run from starting
                 monitor.warn(f"ptt_nb: session rule {source.id!r} was not added: {type(exc).__name__}: {exc}")

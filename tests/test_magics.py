@@ -251,6 +251,14 @@ def test_add_then_replace_by_id_in_the_live_engine(ip, tmp_path):
     assert "not a rule added with %%ptt" in user_error(ip, "%ptt remove nonfinite_values")
 
 
+def test_a_config_time_cell_rule_added_to_a_started_run_is_checked_at_once(ip, tmp_path):
+    monitor = live_like(tmp_path)
+    assert monitor.ctx.config.get("learning_rate")
+    out, err, exc = run(ip, "%%ptt\n- id: lr_set\n  when: \"config.learning_rate > 0\"\n  severity: low\n")
+    assert exc is None and "added lr_set to the current run" in out, err
+    assert [a.rule for a in monitor.alerts if a.rule == "lr_set"] == ["lr_set"]
+
+
 def test_dry_run_changes_nothing(ip, tmp_path):
     monitor = live_like(tmp_path)
     before = set(monitor.engine.states)
@@ -473,8 +481,9 @@ def test_marker_panels_come_from_the_panel_specs():
 def test_a_run_trained_in_a_blocking_cell_becomes_current_with_the_session_rules(ip, tmp_path):
     """DiagnosticsCallback registers its run with the magics (one hook in on_train_begin); rules added with
     %%ptt before it started are evaluated in it."""
-    out, err, exc = run(ip, "%%ptt\n- id: margin_positive\n  when: \"`rewards/margins` > 0\"\n  severity: low\n")
-    assert exc is None and "added margin_positive to this session" in out
+    out, err, exc = run(ip, "%%ptt\n- id: margin_positive\n  when: \"`rewards/margins` > 0\"\n  severity: low\n"
+                            "- id: lr_above_1e6\n  when: \"config.learning_rate > 1e-6\"\n  severity: medium\n")
+    assert exc is None and "added margin_positive, lr_above_1e6 to this session" in out, out
     ip.user_ns["work"] = str(tmp_path)
     out, err, exc = run(ip, "from ptt_nb.callback import DiagnosticsCallback\nfrom ptt_nb.tiny import make_trainer\n"
                             "from transformers import PrinterCallback\n"
@@ -484,6 +493,8 @@ def test_a_run_trained_in_a_blocking_cell_becomes_current_with_the_session_rules
     monitor = SESSION.monitor
     assert SESSION.source == "live" and monitor.state == "finished" and monitor.step == 4
     assert "margin_positive" in monitor.engine.states
+    # a config-time session rule gets its check although the run had started when the session's rules came in
+    assert [(a.rule, a.step) for a in monitor.alerts if a.rule == "lr_above_1e6"] == [("lr_above_1e6", 0)]
     out, err, exc = run(ip, "%ptt status")
     assert "DPOTrainer (dpo)" in out and "finished, step 4/4" in out
     row = next(line.split() for line in run(ip, "%ptt rules")[0].splitlines() if line.startswith("margin_positive"))

@@ -117,23 +117,30 @@ class Engine:
         # set at every step, so dispatch costs one tuple hash per log point instead of a walk over the keys.
         self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[RuleState, Any]]] = {}
         self._last: tuple[Any, str, list[tuple[RuleState, Any]]] = (None, "", [])  # keys, split, plan
+        self.started = False  # start() ran: a rule added later gets its own on_start when added
         for rule in rules:
             self.add(rule)
 
     # -- registry ---------------------------------------------------------------------------------------
-    def add(self, rule: Rule) -> None:
-        """Add a rule or replace the one with the same id (custom rules override built-ins)."""
+    def add(self, rule: Rule) -> list[Alert]:
+        """Add a rule or replace the one with the same id (custom rules override built-ins). Added after
+        ``start()`` (a ``%%ptt`` rule on a running run), it runs its config-time check at once: the alerts of
+        that check are returned."""
         if rule.severity not in SEVERITIES:
             raise RuleError(f"rule {rule.id!r}: severity {rule.severity!r} is not one of {', '.join(SEVERITIES)}")
         if rule.id in self.states:
             self.remove(rule.id)
         if not rule.applies_to(self.ctx.algorithm):
-            return
+            return []
         state = RuleState(rule)
         self.states[rule.id] = state
         for key in rule.keys:
             self._by_key.setdefault(key, []).append(state)
-        self._invalidate_plans()
+        out: list[Alert] = []
+        if self.started:
+            self._run(state, rule.on_start, out)
+        self._invalidate_plans()  # on_start may have made the rule inert
+        return out
 
     def remove(self, rule_id: str) -> None:
         state = self.states.pop(rule_id, None)
@@ -158,6 +165,7 @@ class Engine:
     def start(self) -> list[Alert]:
         """Run the config-time checks once, at train begin."""
         out: list[Alert] = []
+        self.started = True
         for state in list(self.states.values()):
             self._run(state, state.rule.on_start, out)
         self._invalidate_plans()  # on_start may have made rules inert

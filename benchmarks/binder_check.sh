@@ -30,7 +30,7 @@ grep -v -e '^--extra-index-url' binder/requirements.txt > "$SCRATCH/requirements
 python -m pip install -q -r "$SCRATCH/requirements.txt"
 stamp "requirements installed; running binder/postBuild"
 bash binder/postBuild
-python -c "import ptt_nb, ptt_nb.widget, anywidget, trl; print('ptt_nb', ptt_nb.__version__, 'trl', trl.__version__)"
+python -c "import ptt_nb, ptt_nb.notebook._widget, anywidget, trl; print('ptt_nb', ptt_nb.__version__, 'trl', trl.__version__)"
 t_env=$(( $(date +%s) - t0 ))
 stamp "environment ready (${t_env}s)"
 

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ptt_nb.events import RunStart  # noqa: E402
-from ptt_nb.monitor import Monitor  # noqa: E402
-from ptt_nb.rules.builtin import default_rules  # noqa: E402
+from ptt_nb.monitor._monitor import Monitor  # noqa: E402
+from ptt_nb.rules._builtin import default_rules  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 
@@ -69,7 +69,7 @@ def stats(samples_ns: list[int]) -> tuple[float, float, float]:
 def bench_callback(name: str, steps: int, exclude: list[str] | None = None) -> tuple[float, ...]:
     """Wall mean/p99/median µs of on_step_end + on_log on real logs, the number of rules, and the thread-CPU-time
     mean/p99 (on a loaded machine wall time also counts preemption by other processes; CPU time does not)."""
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback
 
     header, logs = recorded(name)
     config = header["config"]

@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ptt_nb.events import Alert, Metrics, RankStats, RunEnd, RunStart  # noqa: E402
-from ptt_nb.runfolder import RunWriter  # noqa: E402
+from ptt_nb.sinks._writer import RunWriter  # noqa: E402
 
 BUNDLE = ROOT / "ptt_nb" / "static" / "widget.js"
 
 CELLS = [
-    "import time\nfrom ptt_nb.monitor import Monitor\nfrom ptt_nb.runfolder import read_events\n"
-    "from ptt_nb.widget import show\n"
+    "import time\nfrom ptt_nb.monitor._monitor import Monitor\nfrom ptt_nb.sources._reader import read_events\n"
+    "from ptt_nb.notebook._widget import show\n"
     "events, _ = read_events({run!r})\nm = Monitor(evaluate=False)\ndash = show(m, replay=True)\n"
     "dash.stream.handle({{'type': 'ready'}})  # what a rendered view says first (nbclient has no front-end)",
     # replay at ~10k events/s so the flush thread streams many batches, as a live run would

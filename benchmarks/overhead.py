@@ -4,7 +4,7 @@
    callback overrides is timed from the inside (perf_counter), so the share is the callback's own time over
    the run's wall time; what the timing itself costs is measured on an empty callback in the same run and
    printed (raw and net figures). On a live run the callback evaluates rules in short batches
-   (ptt_nb.monitor.Monitor.log): this run measures that path, the replay below the at-once path.
+   (ptt_nb.monitor._monitor.Monitor.log): this run measures that path, the replay below the at-once path.
 2. Replays those logs (forward then backward, so no artificial jump at each wrap) through a fresh callback
    (on_step_begin + on_step_end + on_log: capture, history, every built-in rule, the run-folder write) and
    prints mean / p50 / p99 / max per step, plus the mean of each 1,000-step block to show there are no periodic
@@ -232,7 +232,7 @@ def main() -> None:
 
 
 def _n_rules() -> int:
-    from ptt_nb.rules.builtin import default_rules
+    from ptt_nb.rules._builtin import default_rules
 
     return len(default_rules())
 

@@ -35,8 +35,7 @@ def worker(a: argparse.Namespace) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from ptt_nb import tiny
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback, tiny
 
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
@@ -80,7 +79,7 @@ def worker(a: argparse.Namespace) -> None:
                                 per_device_train_batch_size=a.batch, ddp_timeout=120, **extra)
     trainer.train()
     if rank == 0:
-        from ptt_nb.runfolder import read_events
+        from ptt_nb.sources._reader import read_events
 
         events, _ = read_events(a.run_dir)
         stats = [e for e in events if e.kind == "rank_stats"]

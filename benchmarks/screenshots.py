@@ -69,7 +69,7 @@ trainer.train()
 
 LOAD = """\
 import ptt_nb
-from ptt_nb.widget import show
+from ptt_nb.notebook._widget import show
 monitor = ptt_nb.load_run({run_dir!r})
 show(monitor);
 """

@@ -1,4 +1,4 @@
-"""How late does ``ptt_nb.watch.Watcher`` see an event another process writes, and what does following cost?
+"""How late does ``ptt_nb.sources._follow.Watcher`` see an event another process writes, and what does following cost?
 
 A child process appends Metrics events through ``RunWriter`` as the live callback sets it up (routine train lines of
 a fast run written in batches of at most ``DEFER_S`` = 0.2 s, runfolder.RunWriter) every ``--every`` seconds;
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ptt_nb.events import Metrics
-from ptt_nb.watch import Watcher
+from ptt_nb.sources._follow import Watcher
 
 CHILD = textwrap.dedent("""
     import sys, time
     from ptt_nb.events import Metrics, RunStart
-    from ptt_nb.callback import DEFER_S
-    from ptt_nb.runfolder import RunWriter
+    from ptt_nb.sources._callback import DEFER_S
+    from ptt_nb.sinks._writer import RunWriter
     run_dir, n, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     w = RunWriter(run_dir, batch_s=DEFER_S)
     w(RunStart(run_id="bench", trainer="DPOTrainer", algorithm="dpo", max_steps=n))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .events import SCHEMA_VERSION
-from .monitor import Monitor
-from .runfolder import load_run, read_events, read_postmortem
+from ptt_nb.events import SCHEMA_VERSION
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.sources._reader import load_run, read_events, read_postmortem
 
 __version__ = "0.1.0"
 
@@ -21,7 +21,7 @@ __all__ = ["DiagnosticsCallback", "Monitor", "SCHEMA_VERSION", "load_run", "read
 
 def __getattr__(name: str) -> Any:
     if name == "DiagnosticsCallback":
-        from .callback import DiagnosticsCallback
+        from ptt_nb.sources._callback import DiagnosticsCallback
 
         return DiagnosticsCallback
     raise AttributeError(f"module 'ptt_nb' has no attribute {name!r}")
@@ -29,12 +29,12 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext ptt_nb``: registers the ``%ptt`` and ``%%ptt`` magics."""
-    from .magics import register
+    from ptt_nb.notebook._magics import register
 
     register(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from .magics import unregister
+    from ptt_nb.notebook._magics import unregister
 
     unregister(ipython)

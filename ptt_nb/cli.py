@@ -19,9 +19,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
-from .events import Alert, Event, Metrics, RunEnd, RunStart
-from .monitor import Monitor
-from .runfolder import EVENTS_FILE, Follower, iter_run_dirs
+from ptt_nb._layout import EVENTS_FILE, find_run_dir
+from ptt_nb.events import Alert, Event, Metrics, RunEnd, RunStart
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.sources._reader import Follower
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -42,15 +43,15 @@ def resolve_run_dir(path: str | os.PathLike[str]) -> Path:
         if p.name == EVENTS_FILE:
             return p.parent
         raise CLIError(f"{p}: is a file, not a ptt_nb run folder (expected a folder holding {EVENTS_FILE})")
-    dirs = list(iter_run_dirs(p))
-    if not dirs:
+    found = find_run_dir(p)
+    if found is None:
         raise CLIError(f"{p}: not a ptt_nb run folder (no {EVENTS_FILE} here or in its sub-folders)")
-    return dirs[-1]
+    return found
 
 
 def load(path: str | os.PathLike[str]) -> Monitor:
     """Load a run folder for ``report``/``summary``; data problems are warnings, a missing header an error."""
-    from .runfolder import load_run
+    from ptt_nb.sources._reader import load_run
 
     run_dir = resolve_run_dir(path)
     monitor = load_run(run_dir)
@@ -67,7 +68,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         import bokeh  # noqa: F401
 
-        from .report import REPORT_FILE, write_report
+        from ptt_nb.sinks._report import REPORT_FILE, write_report
     except ImportError as exc:
         raise CLIError(f"the HTML report needs bokeh ({exc}); pip install 'ptt-nb[report]'") from None
     monitor = load(args.run_dir)
@@ -78,7 +79,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .summary import summarize
+    from ptt_nb.sinks._text_summary import summarize
 
     print(summarize(load(args.run_dir)))
     return 0
@@ -114,8 +115,8 @@ def rules_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from .events import SEVERITY_RANK
-    from .rules.builtin import default_rules
+    from ptt_nb.events import SEVERITY_RANK
+    from ptt_nb.rules._builtin import default_rules
 
     rules = default_rules()
     if args.algorithm:
@@ -174,7 +175,7 @@ class WatchView:
         return max(0.0, (m.max_steps - m.step) * (t1 - t0) / (s1 - s0))
 
     def progress_line(self) -> str:
-        from .summary import fmt, key_metrics
+        from ptt_nb.sinks._text_summary import fmt, key_metrics
 
         m = self.monitor
         if m.max_steps:
@@ -201,7 +202,7 @@ class WatchView:
         self.out.flush()
 
     def on_event(self, event: Event) -> None:
-        from .summary import alert_line
+        from ptt_nb.sinks._text_summary import alert_line
 
         if isinstance(event, Metrics) and event.split == "train":
             self._times.append((event.step, event.t))
@@ -275,7 +276,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if monitor.run is None:
                 raise CLIError(f"{run_dir / EVENTS_FILE}: no run_start event yet (empty, truncated or not written "
                                "by ptt_nb)")
-            from .summary import summarize
+            from ptt_nb.sinks._text_summary import summarize
 
             if monitor.end_event is None:
                 view.println(view.progress_line())
@@ -285,7 +286,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if monitor.end_event is not None:
             pm = _postmortem(run_dir)
             if pm:
-                from .summary import where_it_died
+                from ptt_nb.sinks._text_summary import where_it_died
 
                 died = where_it_died(pm.get("traceback"))
                 view.println(f"postmortem: {run_dir / 'postmortem.json'}" + (f" · {died}" if died else ""))
@@ -298,7 +299,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _postmortem(run_dir: Path) -> dict[str, Any] | None:
-    from .runfolder import read_postmortem
+    from ptt_nb.sources._reader import read_postmortem
 
     return read_postmortem(run_dir)
 
@@ -337,7 +338,7 @@ def _nan_injector(at_step: int) -> Any:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_libraries()
-    from .tiny import ALGORITHMS
+    from ptt_nb.tiny import ALGORITHMS
 
     if args.algorithm not in ALGORITHMS:
         raise CLIError(f"unknown algorithm {args.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
@@ -347,8 +348,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import torch
         from transformers import PrinterCallback
 
-        from .callback import DiagnosticsCallback
-        from .tiny import make_trainer
+        from ptt_nb.sources._callback import DiagnosticsCallback
+        from ptt_nb.tiny import make_trainer
     except ImportError as exc:
         raise CLIError(f"the demo needs torch, transformers and trl ({exc}); pip install 'ptt-nb[trl]'") from None
     try:
@@ -381,14 +382,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except Exception as exc:  # the postmortem is written; report it in one line
         print(f"ptt-nb demo: training raised {type(exc).__name__}: {exc}", file=sys.stderr)
     elapsed = time.perf_counter() - t0
-    from .summary import summarize
+    from ptt_nb.sinks._text_summary import summarize
 
     monitor = diag.monitor
     print()
     print(summarize(monitor) if monitor is not None else "ptt-nb demo: no run was recorded")
     if monitor is not None and not args.no_report:
         try:
-            from .report import write_at_end
+            from ptt_nb.sinks._report import write_at_end
         except ImportError as exc:
             print(f"ptt-nb demo: no HTML report ({exc})", file=sys.stderr)
         else:
@@ -402,7 +403,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- entry point ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ptt_nb import __version__
 
     parser = argparse.ArgumentParser(prog="ptt-nb", description="Diagnostics for Hugging Face TRL post-training "
                                      "runs: tiny demo run, HTML report, text summary, rule catalog, live watch.")

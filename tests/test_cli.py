@@ -99,7 +99,7 @@ def test_summary(synthetic: Path) -> None:
 
 
 def test_rules_lists_every_builtin_rule_generically() -> None:
-    from ptt_nb.rules.builtin import default_rules
+    from ptt_nb.rules._builtin import default_rules
 
     proc = cli("rules")
     assert proc.returncode == 0, proc.stderr
@@ -240,7 +240,7 @@ def test_watch_view_progress_eta_and_terminal_redraw() -> None:
 
     from ptt_nb.cli import WatchView
     from ptt_nb.events import Alert, Metrics, RunStart
-    from ptt_nb.monitor import Monitor
+    from ptt_nb.monitor._monitor import Monitor
 
     monitor = Monitor(evaluate=False)
     buf = io.StringIO()
@@ -274,7 +274,7 @@ def test_report_without_bokeh_is_a_one_line_error(synthetic: Path, tmp_path: Pat
 
 def test_summary_collapses_a_flapping_rule() -> None:
     from ptt_nb.events import Alert
-    from ptt_nb.summary import alert_lines
+    from ptt_nb.sinks._text_summary import alert_lines
 
     alerts = [Alert(id=f"f@{i}", rule="flappy", severity="medium", step=i, message="m") for i in range(50)]
     alerts.insert(10, Alert(id="x@10", rule="other_rule", severity="high", step=10, message="x"))

@@ -12,11 +12,12 @@ import time
 import pytest
 
 from ptt_nb import load_run
-from ptt_nb.console import ConsoleSink, format_alert
 from ptt_nb.events import Alert, Metrics, RunStart
-from ptt_nb.monitor import Monitor
-from ptt_nb.profiles import detect
-from ptt_nb.runfolder import MAX_HELD, Follower, RunWriter, read_events
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.monitor._profiles import detect
+from ptt_nb.sinks._console import ConsoleSink, format_alert
+from ptt_nb.sinks._writer import MAX_HELD, RunWriter
+from ptt_nb.sources._reader import Follower, read_events
 
 from .conftest import REPO, events_of
 
@@ -251,7 +252,7 @@ def test_history_loses_nothing_when_another_thread_reads_it():
     """The widget's flush thread and the magics read the history while the training thread appends."""
     import threading
 
-    from ptt_nb.history import MetricHistory
+    from ptt_nb.monitor._history import MetricHistory
 
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible to provoke the race
@@ -328,7 +329,7 @@ def test_points_far_apart_or_back_to_back_are_evaluated_at_once(tmp_path):
 
 
 def test_history_refuses_a_non_number_and_keeps_its_queue_aligned():
-    from ptt_nb.history import MetricHistory
+    from ptt_nb.monitor._history import MetricHistory
 
     h = MetricHistory()
     h.add(1, "train", {"a": 1.0, "b": 2.0})

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from ptt_nb.events import RankStats, RunStart
-from ptt_nb.monitor import Monitor
-from ptt_nb.runfolder import RunWriter, load_run
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.sinks._writer import RunWriter
+from ptt_nb.sources._reader import load_run
 from tests.conftest import REPO, events_of
 
 torch = pytest.importorskip("torch")
@@ -320,7 +321,7 @@ class _Callback:
 
 
 def test_collector_gathers_on_schedule_and_survives_a_local_failure(single_rank_group, monkeypatch):
-    from ptt_nb.distributed import RankStatsCollector
+    from ptt_nb.sources._ranks import RankStatsCollector
 
     monitor = _monitor()
     collector = RankStatsCollector(_Callback(monitor), _Args(), every=3, watchdog=False)

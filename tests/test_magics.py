@@ -19,11 +19,11 @@ from IPython.core.error import UsageError  # noqa: E402
 from IPython.testing.globalipapp import start_ipython  # noqa: E402
 from IPython.utils.capture import capture_output  # noqa: E402
 
-from ptt_nb import magics  # noqa: E402
 from ptt_nb.events import Control  # noqa: E402
-from ptt_nb.rules.custom import load_rule_file  # noqa: E402
-from ptt_nb.runfolder import load_run, read_events  # noqa: E402
-from ptt_nb.session import SESSION, Applier  # noqa: E402
+from ptt_nb.notebook import _magics as magics  # noqa: E402
+from ptt_nb.notebook._session import SESSION, Applier  # noqa: E402
+from ptt_nb.rules._custom import load_rule_file  # noqa: E402
+from ptt_nb.sources._reader import load_run, read_events  # noqa: E402
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run"
 
@@ -217,7 +217,7 @@ def test_backtest_on_the_recorded_run_gives_the_exact_firing_steps(ip):
 
 
 def test_backtest_html_has_markers_at_the_firing_steps(ip):
-    from ptt_nb.cellrules import Backtest, BacktestView, Firing
+    from ptt_nb.notebook._cell_rules import Backtest, BacktestView, Firing
 
     monitor = load_run(RECORDED)
     view = BacktestView("low_grad", Backtest("low_grad", [Firing(6, 7, "low", ""), Firing(14, None, "low", "")],
@@ -446,8 +446,8 @@ def test_rules_that_ran_elsewhere_show_as_recorded_and_cannot_be_muted_here(ip, 
 
 
 def test_snapshot_history_reads_columns_and_queue_without_flushing_the_live_history():
-    from ptt_nb.history import MetricHistory
-    from ptt_nb.magics import snapshot_history
+    from ptt_nb.monitor._history import MetricHistory
+    from ptt_nb.notebook._magics import snapshot_history
 
     live = MetricHistory()
     for step in range(1, 134):  # 128 go into the columns at once, 5 stay queued
@@ -467,7 +467,7 @@ def test_snapshot_history_reads_columns_and_queue_without_flushing_the_live_hist
 
 
 def test_marker_panels_come_from_the_panel_specs():
-    from ptt_nb.magics import panel_ids_for
+    from ptt_nb.notebook._magics import panel_ids_for
 
     monitor = load_run(RECORDED)
     assert panel_ids_for(monitor, ("grad_norm",)) == ["optim_grad_norm"]
@@ -485,7 +485,7 @@ def test_a_run_trained_in_a_blocking_cell_becomes_current_with_the_session_rules
                             "- id: lr_above_1e6\n  when: \"config.learning_rate > 1e-6\"\n  severity: medium\n")
     assert exc is None and "added margin_positive, lr_above_1e6 to this session" in out, out
     ip.user_ns["work"] = str(tmp_path)
-    out, err, exc = run(ip, "from ptt_nb.callback import DiagnosticsCallback\nfrom ptt_nb.tiny import make_trainer\n"
+    out, err, exc = run(ip, "from ptt_nb import DiagnosticsCallback\nfrom ptt_nb.tiny import make_trainer\n"
                             "from transformers import PrinterCallback\n"
                             "t = make_trainer('dpo', work, max_steps=4, callbacks=[DiagnosticsCallback(widget=False,"
                             " console=False)])\nt.remove_callback(PrinterCallback)\nt.train()")

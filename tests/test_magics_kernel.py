@@ -19,9 +19,9 @@ import json, sys, tempfile, time
 sys.path.insert(0, {root!r})
 from transformers import PrinterCallback, TrainerCallback
 from ptt_nb.tiny import make_trainer
-from ptt_nb.callback import DiagnosticsCallback
-from ptt_nb.magics import wait_job
-from ptt_nb.session import SESSION
+from ptt_nb import DiagnosticsCallback
+from ptt_nb.notebook._magics import wait_job
+from ptt_nb.notebook._session import SESSION
 %load_ext ptt_nb
 work = tempfile.mkdtemp()
 trainer = make_trainer("dpo", work, max_steps=3000)  # no DiagnosticsCallback: %ptt train adds one

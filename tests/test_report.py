@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ptt_nb import postmortem
 from ptt_nb.events import Alert, RankStats, RunStart
-from ptt_nb.monitor import Monitor
-from ptt_nb.report import (
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.sinks import _postmortem as postmortem
+from ptt_nb.sinks._report import (
     MAX_ALERT_ROWS,
     MAX_POINTS,
     SEVERITY_COLOURS,
@@ -21,7 +21,8 @@ from ptt_nb.report import (
     write_at_end,
     write_report,
 )
-from ptt_nb.runfolder import RunWriter, load_run
+from ptt_nb.sinks._writer import RunWriter
+from ptt_nb.sources._reader import load_run
 
 pytest.importorskip("bokeh")
 
@@ -104,7 +105,7 @@ def assert_offline(text: str) -> None:
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory) -> Path:
     """A real tiny DPO run (TRL DPOTrainer, 6 steps on CPU) recorded by the callback."""
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback
     from ptt_nb.tiny import make_trainer
 
     work = tmp_path_factory.mktemp("dpo")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ptt_nb.events import Metrics, RunStart, from_dict
-from ptt_nb.monitor import Monitor
+from ptt_nb.monitor._monitor import Monitor
 
 DATA = Path(__file__).parent / "data"
 ALGORITHMS = ("sft", "dpo", "kto", "orpo", "cpo", "grpo", "rloo", "online_dpo", "reward")
@@ -109,8 +109,7 @@ def test_real_warmup_and_lr_range_config_rules() -> None:
 @pytest.fixture(scope="module")
 def trl_env():
     pytest.importorskip("trl")
-    from ptt_nb import tiny
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback, tiny
 
     return tiny, DiagnosticsCallback
 

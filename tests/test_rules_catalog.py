@@ -13,11 +13,11 @@ import random
 import pytest
 
 from ptt_nb.events import RunStart
-from ptt_nb.monitor import Monitor
-from ptt_nb.rules.builtin import default_rules
-from ptt_nb.rules.catalog import LN2, catalog_rules
-from ptt_nb.rules.engine import Context, Engine
-from ptt_nb.rules.windows import PairWindow, SortedWindow, Trend, Window
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.rules._builtin import default_rules
+from ptt_nb.rules._catalog import LN2, catalog_rules
+from ptt_nb.rules._engine import Context, Engine
+from ptt_nb.rules._windows import PairWindow, SortedWindow, Trend, Window
 
 N = 200
 
@@ -376,7 +376,7 @@ PROFILE_NAMES = {"sft", "dpo", "kto", "orpo", "cpo", "online_dpo", "grpo", "rloo
 
 
 def test_catalog_contract() -> None:
-    from ptt_nb.profiles import GENERIC, PROFILES
+    from ptt_nb.monitor._profiles import GENERIC, PROFILES
 
     panel_ids = {p["id"] for prof in (*PROFILES, GENERIC) for p in prof.panels}
     rules = catalog_rules()
@@ -412,8 +412,8 @@ def test_rule_that_raises_is_disabled_not_fatal() -> None:
 
 
 def test_engine_warmup_cooldown_and_once() -> None:
-    from ptt_nb.history import MetricHistory
-    from ptt_nb.rules.engine import Finding, Rule
+    from ptt_nb.monitor._history import MetricHistory
+    from ptt_nb.rules._engine import Finding, Rule
 
     class Always(Rule):
         id = "always"
@@ -475,7 +475,7 @@ def test_spike_prefilter_misses_nothing_the_exact_test_finds(shape: str) -> None
     """The cheap running bound only decides when to compute the exact median/MAD: the spikes found must be exactly
     those a brute-force robust z over the previous 50 points finds."""
     np = pytest.importorskip("numpy")
-    from ptt_nb.rules.catalog import _SpikeDetector
+    from ptt_nb.rules._catalog import _SpikeDetector
 
     rng = random.Random(7)
     xs = []

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from ptt_nb.events import RunStart
-from ptt_nb.history import MetricHistory
-from ptt_nb.monitor import Monitor
-from ptt_nb.rules.backtest import backtest, backtest_many
-from ptt_nb.rules.custom import (
+from ptt_nb.monitor._history import MetricHistory
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.rules._backtest import backtest, backtest_many
+from ptt_nb.rules._custom import (
     DslRule,
     FunctionRule,
     as_rules,
@@ -26,8 +26,8 @@ from ptt_nb.rules.custom import (
     parse_rules,
     rule,
 )
-from ptt_nb.rules.dsl import RuleSyntaxError
-from ptt_nb.rules.engine import Finding, RuleError
+from ptt_nb.rules._dsl import RuleSyntaxError
+from ptt_nb.rules._engine import Finding, RuleError
 
 from .conftest import REPO, events_of
 
@@ -201,7 +201,7 @@ def test_fields_warmup_once_cooldown_keys_and_odd_inputs(tmp_path):
     bad.write_bytes("- id: x\n  when: loss > 1 # caf\xe9\n".encode("latin-1"))
     with pytest.raises(RuleSyntaxError, match="not UTF-8 text"):
         load_rule_file(bad)
-    from ptt_nb.rules.dsl import compile_expr
+    from ptt_nb.rules._dsl import compile_expr
 
     with pytest.raises(RuleError, match="names no metric"):
         DslRule(id="s", when=compile_expr("step > 3"))
@@ -239,7 +239,7 @@ def test_hostile_packs_are_refused_and_run_nothing(tmp_path):
 
 @pytest.mark.parametrize("pack, message", [
     ("- id: x\n  when: !!python/name:os.system loss\n", "YAML tag !!python/name:os.system is not allowed"),
-    ("- !!python/object:ptt_nb.rules.custom.DslRule {id: x}\n", "YAML tag !!python/object:"),
+    ("- !!python/object:ptt_nb.rules._custom.DslRule {id: x}\n", "YAML tag !!python/object:"),
     ("- id: x\n  when: !!python/object/new:subprocess.Popen [[touch, /tmp/x]]\n", "!!python/object/new"),
     ("- id: x\n  when: !!binary aGVsbG8=\n", "YAML tag !!binary is not allowed"),
     ("- id: x\n  when: loss > 1\n  panels: !!set {a, b}\n", "YAML tag !!set is not allowed"),
@@ -438,7 +438,7 @@ def test_rule_decorator_errors_and_raising_function():
 
 
 def test_as_rules_accepts_mixed_inputs(tmp_path):
-    from ptt_nb.rules.builtin import NonFiniteValues
+    from ptt_nb.rules._builtin import NonFiniteValues
 
     (tmp_path / "p.yaml").write_text("- id: from_dir\n  when: loss > 1\n")
 
@@ -488,7 +488,7 @@ def test_backtest_on_a_recorded_real_dpo_run_matches_live_evaluation():
     """tests/data/recorded_run: a real tiny DPO run (TRL 1.16). Backtest == the rule live in a Monitor fed the same
     events == an independent numpy reference."""
     from ptt_nb.events import Alert
-    from ptt_nb.runfolder import load_run, read_events
+    from ptt_nb.sources._reader import load_run, read_events
 
     recorded = REPO / "tests" / "data" / "recorded_run"
     text = "mean(`rewards/margins`, 5) > 0.05 and slope(loss, 5) < 0 for 2 steps"
@@ -535,7 +535,7 @@ def test_backtest_reports_errors_warnings_and_filters():
 
 
 def test_backtest_of_a_builtin_starts_from_a_fresh_instance():
-    from ptt_nb.rules.builtin import NonFiniteValues
+    from ptt_nb.rules._builtin import NonFiniteValues
 
     live = NonFiniteValues()
     live.grad_streak = 7

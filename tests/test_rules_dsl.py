@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from ptt_nb.history import MetricHistory
-from ptt_nb.rules.dsl import (
+from ptt_nb.monitor._history import MetricHistory
+from ptt_nb.rules._dsl import (
     MAX_EXPR_CHARS,
     MAX_WINDOW,
     DslRuntimeError,
@@ -20,7 +20,7 @@ from ptt_nb.rules.dsl import (
     compile_template,
     split_for,
 )
-from ptt_nb.rules.engine import Context
+from ptt_nb.rules._engine import Context
 
 
 def make_ctx(n: int = 10, config: dict | None = None, max_steps: int | None = 100) -> Context:

@@ -1,4 +1,4 @@
-"""Following a run folder that another process writes (ptt_nb.watch): no event missed or read twice."""
+"""Following a run folder that another process writes (ptt_nb.sources._follow): no event missed or read twice."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from ptt_nb._layout import EVENTS_FILE
+from ptt_nb._layout import find_run_dir as resolve_run_dir
 from ptt_nb.events import Metrics, RunEnd
-from ptt_nb.runfolder import EVENTS_FILE, Follower, read_events
-from ptt_nb.watch import Watcher, resolve_run_dir
+from ptt_nb.sources._follow import Watcher
+from ptt_nb.sources._reader import Follower, read_events
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run"
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +112,7 @@ def test_watcher_follows_a_writer_that_cuts_lines_anywhere(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback
     from ptt_nb.tiny import make_trainer
     workdir, run_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cb = DiagnosticsCallback(run_dir=run_dir, console=False, widget=False)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from ptt_nb.events import Metrics, RankStats, RunStart
-from ptt_nb.monitor import Monitor
-from ptt_nb.stopcomm import make_handler, route_to_sender_subshell
-from ptt_nb.stream import Stream, rank_block, stragglers
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.notebook._stop_routing import make_handler, route_to_sender_subshell
+from ptt_nb.notebook._stream import Stream, rank_block, stragglers
 
 
 def _monitor(world_size: int = 1) -> Monitor:
@@ -285,7 +285,7 @@ def test_route_override_sends_comm_messages_to_the_senders_subshell() -> None:
 
 def test_dashboard_traits_hold_no_history_and_redisplay_reuses_the_widget() -> None:
     pytest.importorskip("anywidget")
-    from ptt_nb import widget
+    from ptt_nb.notebook import _widget as widget
 
     m = _monitor()
     dash = widget.dashboard_for(m)
@@ -312,7 +312,7 @@ def test_dashboard_traits_hold_no_history_and_redisplay_reuses_the_widget() -> N
 
 
 def test_static_summary_stays_small_for_long_runs() -> None:
-    from ptt_nb.fallback import summary_html
+    from ptt_nb.notebook._static_fallback import summary_html
 
     m = _monitor()
     for step in range(1, 50_001):
@@ -348,8 +348,8 @@ def test_real_dpo_run_streams_through_the_callbacks_dashboard(tmp_path) -> None:
     from transformers import TrainerCallback
 
     from ptt_nb import DiagnosticsCallback
+    from ptt_nb.notebook._widget import Dashboard
     from ptt_nb.tiny import make_trainer
-    from ptt_nb.widget import Dashboard
 
     sent = Sent()
 
@@ -401,9 +401,10 @@ def test_backtest_markers_go_in_init_and_data_replaced_by_rule_and_never_become_
     and in every ``init`` (a re-rendered view rebuilds them), replaced on re-run, cleared; never recorded.
     The dashboard's flush thread runs too, so the checks fold over all messages sent, whichever thread sent them."""
     pytest.importorskip("anywidget")
-    from ptt_nb.cellrules import Backtest, Firing, marker_alerts
-    from ptt_nb.runfolder import RunWriter, read_events
-    from ptt_nb.widget import Dashboard
+    from ptt_nb.notebook._cell_rules import Backtest, Firing, marker_alerts
+    from ptt_nb.notebook._widget import Dashboard
+    from ptt_nb.sinks._writer import RunWriter
+    from ptt_nb.sources._reader import read_events
 
     m = Monitor()
     writer = RunWriter(tmp_path / "run")

@@ -12,7 +12,8 @@ import nbformat
 import pytest
 
 from ptt_nb.events import Alert, Metrics, RankStats, RunEnd, RunStart
-from ptt_nb.runfolder import RunWriter, read_events
+from ptt_nb.sinks._writer import RunWriter
+from ptt_nb.sources._reader import read_events
 
 from .conftest import JupyterServer, Page, write_notebook
 
@@ -159,7 +160,7 @@ def test_lab_recorded_4_rank_run_heatmap_zoom_and_redisplay(lab_server: JupyterS
     run_dir = lab_server.root / "ranks-run"
     _rank_fixture(run_dir)
     write_notebook(lab_server.root / "ranks.ipynb", [
-        f"import ptt_nb\nfrom ptt_nb.widget import Dashboard, show\nm = ptt_nb.load_run({str(run_dir)!r})\n"
+        f"import ptt_nb\nfrom ptt_nb.notebook._widget import Dashboard, show\nm = ptt_nb.load_run({str(run_dir)!r})\n"
         "dash = show(m)",
         "again = show(m)  # the same widget displayed again: a second view\nassert again is dash\n"
         "again  # the cell's result: no third view (show() displayed it already)",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ptt_nb.runfolder import read_events
+from ptt_nb.sources._reader import read_events
 
 from .conftest import JupyterServer, Page, write_notebook
 
@@ -30,8 +30,8 @@ warnings.filterwarnings("ignore")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 from transformers.trainer_callback import PrinterCallback
 from ptt_nb import DiagnosticsCallback
-from ptt_nb.magics import wait_job
-from ptt_nb.session import SESSION
+from ptt_nb.notebook._magics import wait_job
+from ptt_nb.notebook._session import SESSION
 from ptt_nb.tiny import make_trainer
 %load_ext ptt_nb
 trainer = make_trainer("dpo", {workdir!r}, callbacks=[DiagnosticsCallback(run_dir={run_dir!r})], max_steps=3000)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ptt_nb.report import build_roots, write_report
-from ptt_nb.runfolder import load_run
+from ptt_nb.sinks._report import build_roots, write_report
+from ptt_nb.sources._reader import load_run
 from tests.test_report import make_synthetic_run
 
 pytestmark = pytest.mark.browser

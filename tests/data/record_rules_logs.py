@@ -50,8 +50,7 @@ def _round(value):
 
 
 def record(name: str) -> Path:
-    from ptt_nb import tiny
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback, tiny
 
     lines: list[str] = []
     for algorithm, kwargs in RECORDINGS[name]:

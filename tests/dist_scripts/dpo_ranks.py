@@ -51,8 +51,7 @@ def main() -> None:
     import torch
     from transformers import TrainerCallback
 
-    from ptt_nb import tiny
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback, tiny
 
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))

@@ -1,5 +1,5 @@
 """``accelerate.notebook_launcher`` as a notebook would use it: training runs in forked child processes, the
-parent follows the run folder that child rank 0 writes (``ptt_nb.distributed.watch``) and prints what it saw.
+parent follows the run folder that child rank 0 writes (``ptt_nb.sources._ranks.watch``) and prints what it saw.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 def train(workdir: str, run_dir: str, steps: int) -> None:
     import torch
 
-    from ptt_nb import tiny
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback, tiny
 
     torch.set_num_threads(1)
     cb = DiagnosticsCallback(run_dir=run_dir, rank_stats_every=2, console=False, widget=False)
@@ -30,7 +29,7 @@ def main() -> None:
     workdir, run_dir, port = sys.argv[1], sys.argv[2], sys.argv[3]
     from accelerate import notebook_launcher
 
-    from ptt_nb.distributed import watch
+    from ptt_nb.sources._ranks import watch
 
     watcher = watch(run_dir, show=False, interval=0.1)  # started before the children exist, like a notebook cell
     notebook_launcher(train, args=(workdir, run_dir, 6), num_processes=2, use_port=port)

@@ -12,8 +12,8 @@ import sys
 
 from transformers import TrainerCallback
 
-from ptt_nb import postmortem
-from ptt_nb.callback import DiagnosticsCallback
+from ptt_nb import DiagnosticsCallback
+from ptt_nb.sinks import _postmortem as postmortem
 from ptt_nb.tiny import make_trainer
 
 workdir, run_dir = sys.argv[1], sys.argv[2]

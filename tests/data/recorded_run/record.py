@@ -30,7 +30,7 @@ def _round(obj):
 def main() -> None:
     from transformers import TrainerCallback
 
-    from ptt_nb.callback import DiagnosticsCallback
+    from ptt_nb import DiagnosticsCallback
     from ptt_nb.tiny import make_trainer
 
     class Crash(TrainerCallback):

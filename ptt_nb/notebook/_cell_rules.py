@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .events import Alert
-from .history import MetricHistory
-from .rules.engine import Rule, RuleError
-from .session import RuleSource
+from ptt_nb.events import Alert
+from ptt_nb.monitor._history import MetricHistory
+from ptt_nb.notebook._session import RuleSource
+from ptt_nb.rules._engine import Rule, RuleError
 
 CELL_FILE = "<%%ptt cell>"
 _PYTHON = re.compile(r"^\s*(@|def\s|class\s|import\s|from\s+\S+\s+import\s)", re.M)
@@ -55,8 +55,8 @@ def parse_cell(body: str, user_ns: dict[str, Any], *, severity: str | None = Non
 
 
 def _dsl_rules(body: str, severity: str | None) -> list[RuleSource]:
-    from .rules.custom import _one_line, parse_rules
-    from .rules.dsl import RuleSyntaxError
+    from ptt_nb.rules._custom import _one_line, parse_rules
+    from ptt_nb.rules._dsl import RuleSyntaxError
 
     def parse() -> list[Rule]:
         rules = parse_rules(body, CELL_FILE)
@@ -89,7 +89,7 @@ def _dsl_rules(body: str, severity: str | None) -> list[RuleSource]:
 
 
 def _python_rules(body: str, user_ns: dict[str, Any], severity: str | None) -> list[RuleSource]:
-    from .rules import custom
+    from ptt_nb.rules import _custom as custom
 
     try:
         code = compile(body, CELL_FILE, "exec")
@@ -117,7 +117,7 @@ def _python_rules(body: str, user_ns: dict[str, Any], severity: str | None) -> l
             found[rid] = value
     if not found:
         raise CellError("%%ptt: the Python cell defined no rule: decorate a function fn(ctx) with "
-                        "@rule(id=..., keys=[...]) (ptt_nb.rules.custom.rule)")
+                        "@rule(id=..., keys=[...]) (ptt_nb.rules._custom.rule)")
     sources = []
     for rid, obj in found.items():
         def make(obj: Any = obj) -> Rule:
@@ -176,7 +176,7 @@ class Backtest:
 def backtest(rule: Rule, history: MetricHistory, *, algorithm: str, config: dict[str, Any],
              max_steps: int | None) -> Backtest:
     try:
-        from .rules.backtest import backtest as run_backtest
+        from ptt_nb.rules._backtest import backtest as run_backtest
     except ImportError as exc:
         raise CellError(f"%%ptt: backtesting is not available in this build ({exc}); the rule was not checked "
                         "(use --dry-run later, or add it as it is by leaving the cell out)") from None
@@ -265,7 +265,7 @@ class BacktestView:
 
     def _svg(self, width: int = 560, height: int = 90) -> str:
         """The first series the rule reads, with a red line at each step it would have fired."""
-        from .rules.dsl import split_of
+        from ptt_nb.rules._dsl import split_of
 
         for key in self.result.keys:
             series = self.history.get(key, split_of(key)) or self.history.get(key)
@@ -313,7 +313,7 @@ def append_to_pack(path: str, body: str, sources: list[RuleSource], severity: st
     """
     import yaml
 
-    from .rules.custom import load_rule_file
+    from ptt_nb.rules._custom import load_rule_file
 
     if is_python(body):
         raise CellError("%%ptt --save: only rule-language rules go into a YAML pack; keep a Python @rule in your "
@@ -366,8 +366,8 @@ def _yaml_items(body: str, sources: list[RuleSource], severity: str | None) -> l
     """The cell's rules as plain YAML mappings (defaults folded in; a one-line rule gets its id and when)."""
     import yaml
 
-    from .rules.custom import _one_line
-    from .rules.dsl import split_for
+    from ptt_nb.rules._custom import _one_line
+    from ptt_nb.rules._dsl import split_for
 
     if _one_line(body):
         expr, n = split_for(body.strip())

@@ -6,9 +6,10 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from . import environment
-from .monitor import Monitor
-from .runfolder import POSTMORTEM_FILE, write_json_atomic
+from ptt_nb._layout import POSTMORTEM_FILE
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.sinks._writer import write_json_atomic
+from ptt_nb.sources import _environment as environment
 
 LAST_ALERTS = 20
 

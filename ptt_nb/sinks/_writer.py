@@ -1,5 +1,5 @@
-"""The run folder: ``events.jsonl`` (append-only, one event per line) and ``postmortem.json``. A crash at any
-byte leaves every complete line readable; a resumed run appends.
+"""Writing the run folder: ``events.jsonl`` (append-only, one event per line) and ``postmortem.json``. A crash
+at any byte leaves every complete line readable; a resumed run appends. (Reading it back: ``sources._reader``.)
 
 Writing uses ``os.write`` on an O_APPEND descriptor: a line reaches the OS at once (a killed process loses
 nothing already written) without an fsync per step, which would cost more than the whole budget. The one
@@ -14,11 +14,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .events import Alert, Event, Metrics, from_dict
+from ptt_nb._layout import EVENTS_FILE
+from ptt_nb.events import Alert, Event, Metrics
 
 try:  # orjson is ~10x faster than json.dumps, which matters at one line per training step
     import orjson
@@ -34,10 +34,8 @@ except ImportError:  # pragma: no cover - orjson is a dependency; keep working w
 
 log = logging.getLogger("ptt_nb")
 
-EVENTS_FILE = "events.jsonl"
 # RunWriter(batch_s=...) holds at most this many lines: the write that takes them costs ~25 us warm, not a spike
 MAX_HELD = 16
-POSTMORTEM_FILE = "postmortem.json"
 
 
 def _finite_or_str(values: dict[str, float]) -> dict[str, Any]:
@@ -201,108 +199,3 @@ def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> Non
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def parse_lines(data: bytes, source: str = EVENTS_FILE, first_line: int = 1) -> tuple[list[Event], list[str]]:
-    """Parse complete lines; a malformed line is reported (file and line number) and skipped."""
-    events: list[Event] = []
-    problems: list[str] = []
-    for i, raw in enumerate(data.split(b"\n"), start=first_line):
-        if not raw.strip():
-            continue
-        try:
-            event = from_dict(json.loads(raw))
-        except (ValueError, TypeError) as exc:
-            problems.append(f"{source}:{i}: skipped a malformed line ({type(exc).__name__}: {exc})")
-            continue
-        if event is not None:
-            events.append(event)
-    return events, problems
-
-
-def read_events(run_dir: str | os.PathLike[str]) -> tuple[list[Event], list[str]]:
-    """Every complete event of a run folder; a half-written last line is left out and reported."""
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: not a ptt_nb run folder")
-    data = path.read_bytes()
-    problems: list[str] = []
-    cut = data.rfind(b"\n") + 1
-    if cut < len(data):
-        problems.append(f"{path}: the last line is incomplete ({len(data) - cut} bytes); it was skipped "
-                        "(the writer was interrupted or is still writing)")
-    events, more = parse_lines(data[:cut], str(path))
-    return events, problems + more
-
-
-def read_postmortem(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    path = Path(run_dir) / POSTMORTEM_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        log.warning("ptt_nb: %s is unreadable: %s", path, exc)
-        return None
-
-
-class Follower:
-    """Reads a run folder incrementally: each ``poll`` returns the events appended since the last one.
-
-    Only complete lines are consumed; a partially written last line stays in place until its newline
-    arrives, so no event is missed or read twice.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(run_dir) / EVENTS_FILE
-        self.offset = 0
-        self.line = 1
-        self.problems: list[str] = []
-
-    def poll(self) -> list[Event]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            return []
-        events, problems = parse_lines(data[:cut], str(self.path), self.line)
-        self.problems.extend(problems)
-        self.line += data[:cut].count(b"\n")
-        self.offset += cut
-        return events
-
-
-def iter_run_dirs(root: str | os.PathLike[str]) -> Iterator[Path]:
-    root = Path(root)
-    if (root / EVENTS_FILE).exists():
-        yield root
-        return
-    if root.is_dir():
-        yield from sorted((p for p in root.iterdir() if (p / EVENTS_FILE).exists()), key=lambda p: p.stat().st_mtime)
-
-
-def load_run(run_dir: str | os.PathLike[str], *, evaluate: bool = False):
-    """Load a run folder back into a Monitor (recorded alerts as they were; ``evaluate=True`` re-runs rules).
-
-    ``run_dir`` may also be a parent folder such as ``output_dir/ptt_nb``; its newest run is loaded.
-    """
-    from .monitor import Monitor
-
-    dirs = list(iter_run_dirs(run_dir))
-    if not dirs:
-        raise FileNotFoundError(f"{run_dir}: no {EVENTS_FILE} here or in its sub-folders")
-    run_dir = dirs[-1]
-    events, problems = read_events(run_dir)
-    monitor = Monitor(evaluate=evaluate)
-    for event in events:
-        if evaluate and isinstance(event, Alert):
-            continue
-        monitor.apply(event)
-    monitor.run_dir = Path(run_dir)
-    monitor.postmortem = read_postmortem(run_dir)
-    monitor.warnings.extend(problems)
-    return monitor

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import profiles
-from .events import SEVERITY_RANK, Alert, Control, Event, Metrics, RankStats, RunEnd, RunStart
-from .history import MetricHistory
-from .rules.builtin import default_rules, select_rules
-from .rules.engine import Context, Engine, Rule
+from ptt_nb.events import SEVERITY_RANK, Alert, Control, Event, Metrics, RankStats, RunEnd, RunStart
+from ptt_nb.monitor import _profiles as profiles
+from ptt_nb.monitor._history import MetricHistory
+from ptt_nb.rules._builtin import default_rules, select_rules
+from ptt_nb.rules._engine import Context, Engine, Rule
 
 log = logging.getLogger("ptt_nb")
 
@@ -247,7 +247,7 @@ class Monitor:
         self.emit(stats)
         if not self.evaluate or self.run is None:
             return []
-        from .rules.distributed_rules import RANK_SPLIT, rank_values
+        from ptt_nb.rules._distributed import RANK_SPLIT, rank_values
 
         alerts = self.engine.evaluate(stats.step, RANK_SPLIT, rank_values(stats))
         if alerts:
@@ -364,7 +364,7 @@ class Monitor:
 
     def show(self) -> Any:
         """Display the live dashboard for this run (live, replayed or watched) in a notebook."""
-        from .widget import show
+        from ptt_nb.notebook._widget import show
 
         return show(self)
 

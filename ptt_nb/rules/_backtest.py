@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import Alert
-from ..history import MetricHistory, Series
-from .custom import DslRule, FunctionRule, as_rules, known_keys, metric_warnings
-from .dsl import split_of
-from .engine import Context, Engine, Rule, RuleError
+from ptt_nb.events import Alert
+from ptt_nb.monitor._history import MetricHistory, Series
+from ptt_nb.rules._custom import DslRule, FunctionRule, as_rules, known_keys, metric_warnings
+from ptt_nb.rules._dsl import split_of
+from ptt_nb.rules._engine import Context, Engine, Rule, RuleError
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .distributed_rules import distributed_rules
-from .engine import Context, Finding, Rule
+from ptt_nb.rules._distributed import distributed_rules
+from ptt_nb.rules._engine import Context, Finding, Rule
 
 _INF = math.inf
 
@@ -57,7 +57,7 @@ def default_rules() -> list[Rule]:
     """Fresh instances of every built-in rule (rules keep per-run state)."""
     rules: list[Rule] = [NonFiniteValues(), *distributed_rules()]
     try:
-        from .catalog import catalog_rules
+        from ptt_nb.rules._catalog import catalog_rules
     except ImportError:
         return rules
     by_id = {r.id: r for r in rules}

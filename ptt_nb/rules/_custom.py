@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .. import profiles
-from ..events import SEVERITIES
-from . import engine as _engine
-from .dsl import (
+from ptt_nb.events import SEVERITIES
+from ptt_nb.monitor import _profiles as profiles
+from ptt_nb.rules import _engine
+from ptt_nb.rules._dsl import (
     MAX_FOR,
     DslRuntimeError,
     Expr,
@@ -38,7 +38,7 @@ from .dsl import (
     split_for,
     split_of,
 )
-from .engine import Context, Finding, Rule, RuleError
+from ptt_nb.rules._engine import Context, Finding, Rule, RuleError
 
 log = logging.getLogger("ptt_nb.rules")
 # "still holds" without building a message, for engines that support it (see engine.HOLD)
@@ -790,7 +790,7 @@ def as_rules(objs: Any) -> list[Rule]:
             out.extend(load_rule_dir(obj))
         elif callable(obj):
             raise RuleError(f"{getattr(obj, '__name__', obj)!r} is a plain function: decorate it with "
-                            "@rule(id=..., keys=[...]) from ptt_nb.rules.custom")
+                            "@rule(id=..., keys=[...]) from ptt_nb.rules._custom")
         else:
             raise RuleError(f"cannot make a rule from {type(obj).__name__}: expected a Rule, an @rule function, "
                             "a rule string or a path")

@@ -17,25 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .events import Event, RunEnd
-from .monitor import Monitor
-from .runfolder import EVENTS_FILE, Follower
+from ptt_nb._layout import EVENTS_FILE, find_run_dir
+from ptt_nb.events import Event, RunEnd
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.sources._reader import Follower
 
 log = logging.getLogger("ptt_nb")
 
 DEFAULT_INTERVAL = 0.2
-
-
-def resolve_run_dir(path: str | os.PathLike[str]) -> Path | None:
-    """``path`` itself when it holds ``events.jsonl``, else its newest sub-folder that does, else None."""
-    root = Path(path)
-    if (root / EVENTS_FILE).exists():
-        return root
-    if root.is_dir():
-        runs = [p for p in root.iterdir() if (p / EVENTS_FILE).exists()]
-        if runs:
-            return max(runs, key=lambda p: p.stat().st_mtime)
-    return None
 
 
 def watch_monitor() -> Monitor:
@@ -64,7 +53,7 @@ class Watcher:
 
     def _follow(self) -> Follower | None:
         if self.follower is None:
-            run_dir = resolve_run_dir(self.path)
+            run_dir = find_run_dir(self.path)
             if run_dir is None:
                 return None
             self.run_dir = run_dir

@@ -10,8 +10,8 @@ import os
 import textwrap
 from typing import Any
 
-from .events import SEVERITIES, Alert
-from .monitor import Monitor
+from ptt_nb.events import SEVERITIES, Alert
+from ptt_nb.monitor._monitor import Monitor
 
 MAX_KEY_METRICS = 10
 MAX_ALERT_LINES = 12
@@ -88,7 +88,7 @@ def where_it_died(traceback: str | None) -> str:
 def summarize(run: Monitor | str | os.PathLike[str]) -> str:
     """The summary of a Monitor (live or loaded) or of a run folder."""
     if not isinstance(run, Monitor):
-        from .runfolder import load_run
+        from ptt_nb.sources._reader import load_run
 
         run = load_run(run)
     monitor = run

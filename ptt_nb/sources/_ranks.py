@@ -61,7 +61,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from . import events
+from ptt_nb import events
 
 log = logging.getLogger("ptt_nb")
 
@@ -594,7 +594,7 @@ class RankStatsCollector:
         writer = getattr(self.callback, "_writer", None)
         if writer is not None:
             writer.flush()  # the metric lines a batch still holds: on disk before a SIGKILL can come
-        from . import postmortem
+        from ptt_nb.sinks import _postmortem as postmortem
 
         data = postmortem.build(monitor, "rank_failure", step=step, detail=self.failure["summary"])
         data["distributed"] = self.failure
@@ -651,16 +651,16 @@ def watch(run_dir: str | os.PathLike[str], *, show: bool | None = None, interval
     it is followed, and a run that does not exist yet is waited for). In a notebook the dashboard is shown.
     Returns the ``Watcher``; ``.monitor`` holds the live state and ``.stop()`` ends the following.
     """
-    from .watch import Watcher
+    from ptt_nb.sources._follow import Watcher
 
     watcher = Watcher(run_dir, interval=interval).start()
     if show is None:
-        from .environment import in_notebook
+        from ptt_nb.sources._environment import in_notebook
 
         show = in_notebook()
     if show:
         try:
-            from .widget import show as show_dashboard
+            from ptt_nb.notebook._widget import show as show_dashboard
 
             watcher.dashboard = show_dashboard(watcher.monitor)  # type: ignore[attr-defined]
         except ImportError as exc:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .decimate import minmax_decimate
-from .events import SEVERITY_RANK
+from ptt_nb.events import SEVERITY_RANK
+from ptt_nb.monitor._decimate import minmax_decimate
 
 MAX_BYTES = 100_000
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")

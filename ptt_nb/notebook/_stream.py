@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .decimate import decimate_range, minmax_decimate
-from .events import Alert, Metrics, RankStats, RunEnd, RunStart
-from .monitor import Monitor
+from ptt_nb.events import Alert, Metrics, RankStats, RunEnd, RunStart
+from ptt_nb.monitor._decimate import decimate_range, minmax_decimate
+from ptt_nb.monitor._monitor import Monitor
 
 log = logging.getLogger("ptt_nb")
 

@@ -61,10 +61,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .builtin import NonFiniteValues
-from .engine import HOLD, Context, Finding, Rule
-from .references import cite
-from .windows import Baseline, PairWindow, Trend, Window, finite
+from ptt_nb.rules._builtin import NonFiniteValues
+from ptt_nb.rules._engine import HOLD, Context, Finding, Rule
+from ptt_nb.rules._references import cite
+from ptt_nb.rules._windows import Baseline, PairWindow, Trend, Window, finite
 
 LN2 = math.log(2.0)
 

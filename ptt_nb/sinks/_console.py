@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .events import Alert, Control, Event, RunEnd, RunStart
+from ptt_nb.events import Alert, Control, Event, RunEnd, RunStart
 
 log = logging.getLogger("ptt_nb.alerts")
 status_log = logging.getLogger("ptt_nb.status")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import Context, RuleError
+from ptt_nb.rules._engine import Context, RuleError
 
 MAX_EXPR_CHARS = 2000
 MAX_NODES = 256

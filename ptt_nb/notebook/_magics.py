@@ -26,10 +26,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
-from .events import SEVERITIES, Alert
-from .history import MetricHistory, Series
-from .monitor import Monitor
-from .session import SESSION, RuleSource, TrainingJob, wait_for_run
+from ptt_nb.events import SEVERITIES, Alert
+from ptt_nb.monitor._history import MetricHistory, Series
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.notebook._session import SESSION, RuleSource, TrainingJob, wait_for_run
 
 REGISTER_WAIT_S = 20.0  # how long ``%ptt train`` waits for train begin before returning without a dashboard
 
@@ -191,7 +191,7 @@ def snapshot_history(history: MetricHistory) -> MetricHistory:
 
 def panel_ids_for(monitor: Monitor, keys: tuple[str, ...]) -> list[str]:
     """Ids of the dashboard panels that plot any of ``keys`` (from the panel specs: the history is not read)."""
-    from . import profiles
+    from ptt_nb.monitor import _profiles as profiles
 
     specs = monitor.run.panels if monitor.run else list(monitor.profile.panels)
     ids = [p["id"] for p in specs if any(profiles.match_key(s["key"], k) or profiles.match_key(s["key"],
@@ -205,7 +205,7 @@ def panel_ids_for(monitor: Monitor, keys: tuple[str, ...]) -> list[str]:
 # -- the magics -----------------------------------------------------------------------------------------------------
 @magics_class
 class PttMagics(Magics):
-    """``%ptt`` / ``%%ptt``. State lives in ``ptt_nb.session.SESSION`` (one per kernel)."""
+    """``%ptt`` / ``%%ptt``. State lives in ``ptt_nb.notebook._session.SESSION`` (one per kernel)."""
 
     @line_cell_magic
     def ptt(self, line: str, cell: str | None = None) -> None:
@@ -242,7 +242,7 @@ class PttMagics(Magics):
 
     def _show(self, monitor: Monitor) -> Any:
         try:
-            from .widget import show
+            from ptt_nb.notebook._widget import show
         except ImportError as exc:
             print(f"ptt_nb: the dashboard is unavailable here ({exc}); the run's status instead:")
             print(_status_text(monitor))
@@ -419,7 +419,7 @@ class PttMagics(Magics):
 
     # -- %ptt watch / replay / report ----------------------------------------------------------------------------------
     def _cmd_watch(self, args: argparse.Namespace) -> None:
-        from .watch import Watcher, watch_monitor
+        from ptt_nb.sources._follow import Watcher, watch_monitor
 
         old = SESSION.watcher
         if args.stop:
@@ -453,7 +453,7 @@ class PttMagics(Magics):
             self._show(monitor)
 
     def _cmd_replay(self, args: argparse.Namespace) -> None:
-        from .runfolder import load_run
+        from ptt_nb.sources._reader import load_run
 
         path = Path(args.run_dir).expanduser()
         try:
@@ -474,7 +474,7 @@ class PttMagics(Magics):
 
     def _cmd_report(self, args: argparse.Namespace) -> None:
         try:
-            from .report import write_report
+            from ptt_nb.sinks._report import write_report
         except ImportError as exc:
             raise UsageError(f"%ptt report: the HTML report is unavailable here ({exc}); "
                              "pip install 'ptt-nb[report]'") from None
@@ -528,7 +528,7 @@ class PttMagics(Magics):
         print(f"added {ids} to the current run{when} and to this session's later runs")
 
     def _parse_cell(self, cell: str, severity: str | None) -> list[RuleSource]:
-        from . import cellrules
+        from ptt_nb.notebook import _cell_rules as cellrules
 
         try:
             return cellrules.parse_cell(cell, self.shell.user_ns, severity=severity)
@@ -536,7 +536,7 @@ class PttMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _backtest(self, monitor: Monitor, sources: list[RuleSource]) -> None:
-        from . import cellrules
+        from ptt_nb.notebook import _cell_rules as cellrules
 
         history = snapshot_history(monitor.history)
         run = monitor.run
@@ -555,7 +555,7 @@ class PttMagics(Magics):
 
         They are never added to ``monitor.alerts`` (nor written to the run folder): they did not happen.
         """
-        from . import cellrules
+        from ptt_nb.notebook import _cell_rules as cellrules
 
         dash = SESSION.dashboard if monitor is SESSION.monitor else None
         show_backtest = getattr(dash, "show_backtest", None)
@@ -567,7 +567,7 @@ class PttMagics(Magics):
             print(f"(could not mark the dashboard: {type(exc).__name__}: {exc})")
 
     def _save(self, path: str, cell: str, sources: list[RuleSource], severity: str | None) -> None:
-        from . import cellrules
+        from ptt_nb.notebook import _cell_rules as cellrules
 
         try:
             out = cellrules.append_to_pack(path, cell, sources, severity)
@@ -587,7 +587,7 @@ def _is_custom(monitor: Monitor, rule_id: str) -> bool:
 
 
 def _ensure_callback(trainer: Any) -> tuple[Any, bool]:
-    from .callback import DiagnosticsCallback
+    from ptt_nb.sources._callback import DiagnosticsCallback
 
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, DiagnosticsCallback):

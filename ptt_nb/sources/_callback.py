@@ -25,13 +25,16 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from . import environment, postmortem, profiles
-from .console import ConsoleSink
-from .events import RunStart
-from .monitor import Monitor
-from .rules import catalog as _catalog  # noqa: F401 - import the rule catalog now, not on the run's clock
-from .rules.catalog import run_facts  # model size / PEFT / KTO label counts for config-time rules
-from .runfolder import RunWriter
+from ptt_nb._layout import find_run_dir
+from ptt_nb.events import RunStart
+from ptt_nb.monitor import _profiles as profiles
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.rules import _catalog  # noqa: F401 - import the rule catalog now, not on the run's clock
+from ptt_nb.rules._catalog import run_facts  # model size / PEFT / KTO label counts for config-time rules
+from ptt_nb.sinks import _postmortem as postmortem
+from ptt_nb.sinks._console import ConsoleSink
+from ptt_nb.sinks._writer import RunWriter
+from ptt_nb.sources import _environment as environment
 
 log = logging.getLogger("ptt_nb")
 
@@ -313,9 +316,9 @@ class DiagnosticsCallback(TrainerCallback):
             resumed_from_step=state.global_step if resumed else None,
         )
         monitor.start(run)
-        if "IPython" in sys.modules:  # lets %ptt find this run (ptt_nb.session); skipped outside IPython
+        if "IPython" in sys.modules:  # lets %ptt find this run (ptt_nb.notebook._session); skipped outside IPython
             try:
-                from .session import register_run
+                from ptt_nb.notebook._session import register_run
 
                 register_run(self)
             except Exception as exc:  # noqa: BLE001 - the magics' registry must never stop training
@@ -327,11 +330,10 @@ class DiagnosticsCallback(TrainerCallback):
         if self.run_dir_option is not None:
             return Path(self.run_dir_option)
         root = Path(getattr(args, "output_dir", None) or "ptt_runs") / "ptt_nb"
-        if resumed and root.is_dir():
-            existing = sorted((p for p in root.iterdir() if (p / "events.jsonl").exists()),
-                              key=lambda p: p.stat().st_mtime)
-            if existing:
-                return existing[-1]
+        if resumed:
+            existing = find_run_dir(root)
+            if existing is not None:
+                return existing
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = root / f"{algorithm}-{stamp}"
         n = 1
@@ -343,7 +345,7 @@ class DiagnosticsCallback(TrainerCallback):
     def _load_custom_rules(self) -> list[Any]:
         rules: list[Any] = []
         if self.rule_dir is not None or self.custom_rules:
-            from .rules.custom import as_rules, load_rule_dir
+            from ptt_nb.rules._custom import as_rules, load_rule_dir
 
             if self.rule_dir is not None:
                 rules.extend(load_rule_dir(self.rule_dir))
@@ -352,7 +354,7 @@ class DiagnosticsCallback(TrainerCallback):
 
     def _start_widget(self, monitor: Monitor) -> Any:
         try:
-            from .widget import attach
+            from ptt_nb.notebook._widget import attach
         except ImportError as exc:
             log.warning("ptt_nb: the notebook dashboard is unavailable (%s); alerts go to the console", exc)
             return None
@@ -362,7 +364,7 @@ class DiagnosticsCallback(TrainerCallback):
         if self.world_size <= 1 or self.rank_stats_every == 0:
             return
         try:
-            from .distributed import RankStatsCollector
+            from ptt_nb.sources._ranks import RankStatsCollector
         except ImportError:
             return
         collector = self._rank_stats = RankStatsCollector.create(self, args, every=self.rank_stats_every)
@@ -467,7 +469,7 @@ class DiagnosticsCallback(TrainerCallback):
     @staticmethod
     def _write_report(monitor: Monitor) -> None:
         try:
-            from .report import write_at_end
+            from ptt_nb.sinks._report import write_at_end
         except ImportError as exc:
             monitor.warn(f"ptt_nb: no HTML report ({exc}); install ptt-nb[report]")
             return

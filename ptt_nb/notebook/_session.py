@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import Event, Metrics, RunEnd, RunStart
-from .monitor import Monitor
-from .rules.engine import Rule
+from ptt_nb.events import Event, Metrics, RunEnd, RunStart
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.rules._engine import Rule
 
 log = logging.getLogger("ptt_nb")
 

@@ -14,15 +14,15 @@ from typing import Any
 
 import anywidget
 
-from .events import RunEnd
-from .fallback import summary_html
-from .monitor import Monitor
-from .stopcomm import make_handler, route_to_sender_subshell
-from .stream import Stream
+from ptt_nb.events import RunEnd
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.notebook._static_fallback import summary_html
+from ptt_nb.notebook._stop_routing import make_handler, route_to_sender_subshell
+from ptt_nb.notebook._stream import Stream
 
 log = logging.getLogger("ptt_nb")
 
-BUNDLE = Path(__file__).parent / "static" / "widget.js"
+BUNDLE = Path(__file__).parent.parent / "static" / "widget.js"
 if not BUNDLE.is_file():  # ImportError: the callback then falls back to console alerts
     raise ImportError(f"ptt_nb's widget bundle {BUNDLE} is missing; build it with `cd js && npm ci && npm run build`")
 

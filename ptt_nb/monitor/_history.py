@@ -16,7 +16,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from .decimate import minmax_decimate
+from ptt_nb.monitor._decimate import minmax_decimate
 
 DEFAULT_CAP = 262_144
 _STEP = itemgetter(0)

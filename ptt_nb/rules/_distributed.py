@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..events import RankStats
-from .engine import Context, Finding, Rule
+from ptt_nb.events import RankStats
+from ptt_nb.rules._engine import Context, Finding, Rule
 
 RANK_SPLIT = "rank"
 WORLD_KEY = "rank/world_size"

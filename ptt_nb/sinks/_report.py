@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .decimate import minmax_decimate
-from .events import SEVERITY_RANK, Alert, RankStats
-from .monitor import Monitor
-from .summary import where_it_died
+from ptt_nb.events import SEVERITY_RANK, Alert, RankStats
+from ptt_nb.monitor._decimate import minmax_decimate
+from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.sinks._text_summary import where_it_died
 
 if importlib.util.find_spec("bokeh") is None:  # fail at import, where callers already expect it
     raise ImportError("the HTML report needs bokeh: pip install 'ptt-nb[report]'")
@@ -76,7 +76,7 @@ def _duration(seconds: float) -> str:
 def _as_monitor(run_dir_or_monitor: Monitor | str | os.PathLike[str]) -> Monitor:
     if isinstance(run_dir_or_monitor, Monitor):
         return run_dir_or_monitor
-    from .runfolder import load_run
+    from ptt_nb.sources._reader import load_run
 
     return load_run(run_dir_or_monitor)
 
@@ -455,7 +455,7 @@ def build_html(monitor: Monitor) -> str:
     from bokeh.embed.bundle import bundle_for_objs_and_resources
     from bokeh.resources import INLINE
 
-    from . import __version__
+    from ptt_nb import __version__
 
     if monitor.run is None:
         raise ValueError("this run has no run_start event: nothing to report")

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import SEVERITIES, Alert
-from ..history import MetricHistory
+from ptt_nb.events import SEVERITIES, Alert
+from ptt_nb.monitor._history import MetricHistory
 
 log = logging.getLogger("ptt_nb.rules")
 

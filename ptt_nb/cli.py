@@ -15,14 +15,13 @@ import shutil
 import sys
 import textwrap
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
 from ptt_nb._layout import EVENTS_FILE, find_run_dir
-from ptt_nb.events import Alert, Event, Metrics, RunEnd, RunStart
+from ptt_nb.events import Alert, Event, RunEnd, RunStart
 from ptt_nb.monitor._monitor import Monitor
-from ptt_nb.sources._reader import Follower
+from ptt_nb.sources._follow import Watcher
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -159,20 +158,13 @@ class WatchView:
         self.tty = tty
         self.width = width
         self.line_every_s = line_every_s
-        self._times: deque[tuple[int, float]] = deque(maxlen=50)
         self._drawn = False
         self._last_line_t = 0.0
         self._last_step_printed = -1
 
-    # one rate from the recorded event times, so it is right for a replayed run and a live one alike
     def eta_s(self) -> float | None:
-        m = self.monitor
-        if not m.max_steps or m.end_event is not None or len(self._times) < 2:
-            return None
-        (s0, t0), (s1, t1) = self._times[0], self._times[-1]
-        if s1 <= s0 or t1 <= t0:
-            return None
-        return max(0.0, (m.max_steps - m.step) * (t1 - t0) / (s1 - s0))
+        """The Monitor's ETA (one rate from the recorded event times: right for a replayed run and a live one)."""
+        return self.monitor.status()["eta_s"]
 
     def progress_line(self) -> str:
         from ptt_nb.sinks._text_summary import fmt, key_metrics
@@ -204,9 +196,7 @@ class WatchView:
     def on_event(self, event: Event) -> None:
         from ptt_nb.sinks._text_summary import alert_line
 
-        if isinstance(event, Metrics) and event.split == "train":
-            self._times.append((event.step, event.t))
-        elif isinstance(event, RunStart):
+        if isinstance(event, RunStart):
             m = self.monitor
             where = f" · {m.run_dir}" if m.run_dir else ""
             resumed = f" (resumed at step {event.resumed_from_step})" if event.resumed_from_step else ""
@@ -254,22 +244,18 @@ def _wait_for_run(path: str, timeout: float, interval: float) -> Path:
 def cmd_watch(args: argparse.Namespace) -> int:
     run_dir = _wait_for_run(args.run_dir, args.idle_timeout, args.interval) if args.wait else \
         resolve_run_dir(args.run_dir)
-    follower = Follower(run_dir)
-    monitor = Monitor(evaluate=False)  # alerts come recorded from the file; re-evaluating would duplicate them
-    monitor.run_dir = run_dir
+    # alerts come recorded from the file; re-evaluating would duplicate them. The follower's problems (a cut
+    # last line) reach stderr through Monitor.warn.
+    watcher = Watcher(run_dir, monitor=Monitor(evaluate=False))
+    monitor = watcher.monitor
     tty = sys.stdout.isatty()
     width = shutil.get_terminal_size((100, 24)).columns
     view = WatchView(monitor, sys.stdout, tty=tty, width=width, line_every_s=args.line_every)
-    reported = 0
     last_event_t = time.monotonic()
     while True:
-        events = follower.poll()
+        events = watcher.poll_once()
         for event in events:
-            monitor.apply(event)
             view.on_event(event)
-        for problem in follower.problems[reported:]:
-            view.println(f"ptt-nb: warning: {problem}")
-        reported = len(follower.problems)
         if events:
             last_event_t = time.monotonic()
         if args.once:

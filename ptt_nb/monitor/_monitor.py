@@ -362,12 +362,6 @@ class Monitor:
             counts[a.severity] = counts.get(a.severity, 0) + 1
         return counts
 
-    def show(self) -> Any:
-        """Display the live dashboard for this run (live, replayed or watched) in a notebook."""
-        from ptt_nb.notebook._widget import show
-
-        return show(self)
-
     # -- replay -------------------------------------------------------------------------------------------------------
     def apply(self, event: Event) -> None:
         """Feed a recorded event (reader/follower). Recorded alerts are taken as they are."""

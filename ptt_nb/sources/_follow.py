@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ptt_nb._layout import EVENTS_FILE, find_run_dir
 from ptt_nb.events import Event, RunEnd
@@ -123,3 +124,25 @@ class Watcher:
         state = "following" if self.running else "stopped"
         extra = f"; error: {self.error}" if self.error else ""
         return f"{state} {where}: {self.events} events{extra}"
+
+
+def watch(run_dir: str | os.PathLike[str], *, show: bool | None = None, interval: float = 0.2) -> Any:
+    """Follow a run folder that child processes write (``notebook_launcher``, a ``torchrun`` in a terminal).
+
+    ``run_dir`` is the folder given to ``DiagnosticsCallback(run_dir=...)``, or its parent (the newest run in
+    it is followed, and a run that does not exist yet is waited for). In a notebook the dashboard is shown.
+    Returns the ``Watcher``; ``.monitor`` holds the live state and ``.stop()`` ends the following.
+    """
+    watcher = Watcher(run_dir, interval=interval).start()
+    if show is None:
+        from ptt_nb.sources._environment import in_notebook
+
+        show = in_notebook()
+    if show:
+        try:
+            from ptt_nb.notebook._widget import show as show_dashboard
+
+            watcher.dashboard = show_dashboard(watcher.monitor)  # type: ignore[attr-defined]
+        except ImportError as exc:
+            log.warning("ptt_nb: no dashboard (%s); the watcher still follows %s", exc, run_dir)
+    return watcher

@@ -2,7 +2,7 @@
 
 Every rank measures its own steps; every ``every`` steps the ranks exchange one small packed float64 vector with a
 single ``all_gather_into_tensor`` on the process group's own device (cuda for NCCL, cpu for gloo), and rank 0
-publishes a ``RankStats`` event. The heuristics in ``rules.distributed_rules`` read those events, live and in a
+publishes a ``RankStats`` event. The heuristics in ``rules._distributed`` read those events, live and in a
 replayed run folder alike.
 
 What is measured, and why this way:
@@ -32,19 +32,14 @@ process unless mpirun is used), DeepSpeed/FSDP through accelerate (plain module 
 and ``accelerate.notebook_launcher``. With the notebook launcher the ranks are forked children of the kernel, so
 the dashboard cannot live in them: give the callback a known folder, ``DiagnosticsCallback(run_dir="runs/x")``
 (child rank 0 writes it; the other ranks write nothing), and follow it from the notebook with
-``watch("runs/x")`` (below) or ``%ptt watch runs/x`` — start it before ``notebook_launcher`` blocks the cell, or
-from another cell afterwards.
+``ptt_nb.watch("runs/x")`` (``_follow``) or ``%ptt watch runs/x`` — start it before ``notebook_launcher``
+blocks the cell, or from another cell afterwards.
 
 TRL metrics across ranks: checked on a 2-rank DPO run, every training log value is identical on all ranks
 (TRL and transformers reduce them with ``gather_for_metrics`` / ``_nested_gather`` before logging), except the
 final summary's ``train_runtime`` and rates; so no per-rank spread of TRL metrics is recorded.
 
-Failures: a rank that dies leaves the others blocked in a collective until the process group times out (or the
-launcher kills them). Rank 0 runs a small watchdog thread that checks, once a second, whether the processes of
-the ranks on its own host are still alive; the first dead one is recorded at once as a ``rank_failure`` alert
-and a provisional ``postmortem.json`` (so the record survives even a SIGKILL from the launcher), and the
-callback's own postmortem names the rank. Ranks on other hosts cannot be checked from here; the postmortem then
-lists the last step each rank reported.
+Failures (a rank that dies; rank 0's watchdog): ``_rank_failures``.
 """
 
 from __future__ import annotations
@@ -53,15 +48,15 @@ import logging
 import math
 import os
 import resource
-import socket
 import sys
 import threading
 import time
-import zlib
-from pathlib import Path
 from typing import Any
 
 from ptt_nb import events
+from ptt_nb.sources._rank_failures import RankFailureWatch
+from ptt_nb.sources._rank_probes import NAN as _NAN
+from ptt_nb.sources._rank_probes import Clock, cpu_limit_mb, env_limit_mb, host_id
 
 log = logging.getLogger("ptt_nb")
 
@@ -81,102 +76,9 @@ PUBLISHED = ("compute_ms", "wait_ms", "data_ms", "optim_ms", "step_ms", "samples
 FIELDS = PUBLISHED + ("steps", "pid", "host", "stop", "compute_fallback")
 INDEX = {name: i for i, name in enumerate(FIELDS)}
 
-_NAN = float("nan")
 
 
-def _host_id() -> float:
-    """A float-exact (< 2**31) id of this host, to tell which ranks share it."""
-    return float(zlib.crc32(socket.gethostname().encode()) & 0x7FFFFFFF)
-
-
-def _pid_alive(pid: int) -> bool:
-    """False for a process that is gone or a zombie (a killed child stays a zombie until its launcher reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X", b"x")
-
-
-def _env_limit_mb() -> float | None:
-    """``PTT_NB_MEMORY_LIMIT_MB``: the memory one rank may use (e.g. a GPU shared with a colocated vLLM)."""
-    env = os.environ.get("PTT_NB_MEMORY_LIMIT_MB")
-    try:
-        return float(env) if env else None
-    except ValueError:
-        return None
-
-
-def _cpu_limit_mb() -> float:
-    """Memory one rank may use on a CPU run: ``PTT_NB_MEMORY_LIMIT_MB``, else host (cgroup) memory / local ranks."""
-    env = _env_limit_mb()
-    if env:
-        return env
-    total = _NAN
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    total = float(line.split()[1]) / 1024
-                    break
-    except OSError:
-        pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit():
-            total = min(total, int(raw) / 2**20) if math.isfinite(total) else int(raw) / 2**20
-        break
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return total / max(local, 1)
-
-
-class _Clock:
-    """Timestamps for one step: CPU ``perf_counter`` on CPU runs, CUDA events (read later) on GPU runs."""
-
-    def __init__(self, device: Any) -> None:
-        self.cuda = device is not None and getattr(device, "type", "") == "cuda"
-        self.device = device
-        self._pool: list[Any] = []
-        self._torch = sys.modules.get("torch")
-
-    def mark(self) -> Any:
-        if not self.cuda:
-            return time.perf_counter()
-        pool = self._pool
-        event = pool.pop() if pool else self._torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def elapsed_ms(self, a: Any, b: Any) -> float:
-        if a is None or b is None:
-            return _NAN
-        if not self.cuda:
-            return (b - a) * 1e3
-        return float(a.elapsed_time(b))
-
-    def release(self, *marks: Any) -> None:
-        if self.cuda:
-            self._pool.extend(m for m in marks if m is not None)
-
-    def sync(self, mark: Any) -> None:
-        if self.cuda and mark is not None:
-            mark.synchronize()
-
-
-class RankStatsCollector:
+class RankStatsCollector(RankFailureWatch):
     """Per-rank timing/memory for one training run; one packed all-gather per interval.
 
     Built by ``DiagnosticsCallback`` when the world size is above 1 (``RankStatsCollector.create``); every rank
@@ -202,11 +104,11 @@ class RankStatsCollector:
         self.comm_device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.cuda = torch.cuda.is_available() and self._training_on_cuda(args)
         self.mem_device = torch.device("cuda", torch.cuda.current_device()) if self.cuda else None
-        self.clock = _Clock(self.mem_device)
+        self.clock = Clock(self.mem_device)
         accum = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
         self.samples_per_step = float(getattr(args, "per_device_train_batch_size", 0) or 0) * accum
         self.memory_limit_mb = memory_limit_mb
-        self.host = _host_id()
+        self.host = host_id()
         self.pid = os.getpid()
         self._send = torch.zeros(len(FIELDS), dtype=torch.float64, device=self.comm_device)
         self._recv = torch.zeros(self.world_size * len(FIELDS), dtype=torch.float64, device=self.comm_device)
@@ -436,7 +338,7 @@ class RankStatsCollector:
                 "mem_reserved_mb": torch.cuda.memory_reserved(dev) / 2**20,
                 "mem_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
                 "mem_limit_mb": (self.memory_limit_mb if self.memory_limit_mb is not None else
-                                 _env_limit_mb() or torch.cuda.get_device_properties(dev).total_memory / 2**20),
+                                 env_limit_mb() or torch.cuda.get_device_properties(dev).total_memory / 2**20),
             }
         out = {"mem_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
         try:
@@ -444,7 +346,7 @@ class RankStatsCollector:
                 out["mem_allocated_mb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         except (OSError, ValueError, IndexError):
             pass
-        out["mem_limit_mb"] = self.memory_limit_mb if self.memory_limit_mb is not None else _cpu_limit_mb()
+        out["mem_limit_mb"] = self.memory_limit_mb if self.memory_limit_mb is not None else cpu_limit_mb()
         return out
 
     def _gather(self, global_step: int, now: float) -> None:
@@ -515,106 +417,10 @@ class RankStatsCollector:
             per_rank[name] = [v if math.isfinite(v) else None for v in values]
         monitor.add_rank_stats(events.RankStats(step=global_step, world_size=self.world_size, per_rank=per_rank))
 
-    # -- failures -------------------------------------------------------------------------------------------------
     def _collective_failed(self, exc: BaseException, global_step: int) -> None:
         self.enabled = False
         log.warning("ptt_nb: the per-rank stats gather failed at step %s (%s: %s)", global_step,
                     type(exc).__name__, exc)
-
-    def _start_watchdog(self) -> None:
-        local = [(r, pid) for r, (host, pid) in self.peers.items() if host == self.host and r != self.rank and pid > 0]
-        if not local:
-            return
-        self._watchdog = threading.Thread(target=self._watch, args=(local,), name="ptt_nb-rank-watchdog",
-                                          daemon=True)
-        self._watchdog.start()
-
-    def _watch(self, local: list[tuple[int, int]]) -> None:
-        while not self._closed.wait(1.0):
-            dead = [(r, pid) for r, pid in local if not _pid_alive(pid)]
-            if dead:
-                if not self._training_done():  # after the last step, ranks leave at their own pace
-                    self._record_failure(dead, source="watchdog")
-                return
-
-    def _training_done(self) -> bool:
-        state = getattr(self.callback, "_state", None)
-        max_steps = getattr(state, "max_steps", 0) or 0
-        monitor = getattr(self.callback, "monitor", None)
-        return bool(getattr(self.callback, "_finished", False)) or self.stop_agreed or (
-            monitor is not None and monitor.stop_requested and (monitor.stop_info or {}).get("by") == "auto_stop"
-        ) or (max_steps > 0 and getattr(state, "global_step", 0) >= max_steps)
-
-    def dead_ranks(self, settle_s: float = 0.0) -> list[tuple[int, int]]:
-        """Ranks on this host whose process is gone, waiting up to ``settle_s`` for an exit to complete."""
-        local = [(r, pid) for r, (host, pid) in self.peers.items() if host == self.host and r != self.rank and pid > 0]
-        deadline = time.monotonic() + settle_s
-        while True:
-            dead = [(r, pid) for r, pid in local if not _pid_alive(pid)]
-            if dead or time.monotonic() >= deadline or not local:
-                return dead
-            time.sleep(0.05)
-
-    def _record_failure(self, dead: list[tuple[int, int]], source: str) -> dict[str, Any]:
-        if self.failure is not None:
-            return self.failure
-        last_steps = self.last["step"] if self.last else []
-        ranks = [r for r, _ in dead]
-        names = ", ".join(f"rank {r} (pid {pid})" for r, pid in dead)
-        step = int(getattr(getattr(self.callback, "_state", None), "global_step", 0) or 0)
-        self.failure = {
-            "failed_ranks": ranks,
-            "summary": f"{names} exited while training was running (seen by rank 0 at step {step})",
-            "detected_by": source,
-            "detected_step": step,
-            "last_gathered_step_per_rank": [int(s) if math.isfinite(s) else None for s in last_steps],
-            "unchecked_ranks": sorted(r for r, (host, _) in self.peers.items() if host != self.host),
-        }
-        monitor = getattr(self.callback, "monitor", None)
-        if monitor is not None and self.rank == 0:
-            alert = events.Alert(
-                id=f"rank_failure@{step}", rule="rank_failure", severity="critical", step=step,
-                message=f"{names} died; the other ranks are blocked in a collective until the process group "
-                        "times out or the launcher stops them.",
-                action="Read that rank's own log (OOM killer: dmesg; a Python exception: the launcher's output). "
-                       "Lower the process-group timeout (TrainingArguments.ddp_timeout) to fail faster.",
-                evidence={"rank": float(ranks[0]), "step": float(step)})
-            try:
-                monitor.add_alert(alert)
-                self._provisional_postmortem(monitor, step)
-            except Exception as exc:  # noqa: BLE001 - best effort from a thread
-                log.warning("ptt_nb: could not record the rank failure: %s", exc)
-        return self.failure
-
-    def _provisional_postmortem(self, monitor: Any, step: int) -> None:
-        """Written by the watchdog at once: the launcher may SIGKILL rank 0 before its own handlers run."""
-        run_dir = getattr(self.callback, "run_dir", None)
-        if run_dir is None:
-            return
-        writer = getattr(self.callback, "_writer", None)
-        if writer is not None:
-            writer.flush()  # the metric lines a batch still holds: on disk before a SIGKILL can come
-        from ptt_nb.sinks import _postmortem as postmortem
-
-        data = postmortem.build(monitor, "rank_failure", step=step, detail=self.failure["summary"])
-        data["distributed"] = self.failure
-        postmortem.write(run_dir, data)
-
-    def failure_report(self, reason: str) -> dict[str, Any] | None:
-        """For the callback's postmortem: which rank failed, if one on this host did (rank 0 only)."""
-        if self.rank != 0:
-            return None
-        if self.failure is None and self.peers:
-            # a peer's exit closes its sockets a moment before it becomes a zombie: allow it to settle
-            dead = self.dead_ranks(settle_s=1.0 if reason in ("exception", "sigterm") else 0.0)
-            if dead:
-                self._record_failure(dead, source=reason)
-        info: dict[str, Any] = dict(self.failure) if self.failure else {}
-        info["world_size"] = self.world_size
-        info["rank_stats_every"] = self.every
-        if self.last and "last_gathered_step_per_rank" not in info:
-            info["last_gathered_step_per_rank"] = [int(s) if math.isfinite(s) else None for s in self.last["step"]]
-        return info
 
     def pause(self) -> None:
         """Stop measuring and gathering (hooks removed). Call it at the same step on every rank."""
@@ -642,27 +448,3 @@ class RankStatsCollector:
         self._closed.set()
         self.enabled = False
         self._remove_hooks()
-
-
-def watch(run_dir: str | os.PathLike[str], *, show: bool | None = None, interval: float = 0.2) -> Any:
-    """Follow a run folder that child processes write (``notebook_launcher``, a ``torchrun`` in a terminal).
-
-    ``run_dir`` is the folder given to ``DiagnosticsCallback(run_dir=...)``, or its parent (the newest run in
-    it is followed, and a run that does not exist yet is waited for). In a notebook the dashboard is shown.
-    Returns the ``Watcher``; ``.monitor`` holds the live state and ``.stop()`` ends the following.
-    """
-    from ptt_nb.sources._follow import Watcher
-
-    watcher = Watcher(run_dir, interval=interval).start()
-    if show is None:
-        from ptt_nb.sources._environment import in_notebook
-
-        show = in_notebook()
-    if show:
-        try:
-            from ptt_nb.notebook._widget import show as show_dashboard
-
-            watcher.dashboard = show_dashboard(watcher.monitor)  # type: ignore[attr-defined]
-        except ImportError as exc:
-            log.warning("ptt_nb: no dashboard (%s); the watcher still follows %s", exc, run_dir)
-    return watcher

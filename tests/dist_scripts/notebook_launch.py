@@ -1,5 +1,5 @@
 """``accelerate.notebook_launcher`` as a notebook would use it: training runs in forked child processes, the
-parent follows the run folder that child rank 0 writes (``ptt_nb.sources._ranks.watch``) and prints what it saw.
+parent follows the run folder that child rank 0 writes (``ptt_nb.watch``) and prints what it saw.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     workdir, run_dir, port = sys.argv[1], sys.argv[2], sys.argv[3]
     from accelerate import notebook_launcher
 
-    from ptt_nb.sources._ranks import watch
+    from ptt_nb.sources._follow import watch
 
     watcher = watch(run_dir, show=False, interval=0.1)  # started before the children exist, like a notebook cell
     notebook_launcher(train, args=(workdir, run_dir, 6), num_processes=2, use_port=port)

@@ -3,23 +3,16 @@
 What TRL does not give a callback, and how this file copes (see shared/reference/trl-log-keys.md):
 - the trainer object is not passed: it is found once by walking the call stack in ``on_init_end`` /
   ``on_train_begin``;
-- ``on_train_end`` never runs after an exception or Ctrl-C: the trainer's ``train`` method is wrapped on the
-  instance so every way out of it (exception, KeyboardInterrupt from Ctrl-C or a kernel interrupt, SystemExit)
-  is recorded, in scripts and in notebook cells alike. SIGINT handling is left to Python/ipykernel untouched;
-  SIGTERM gets a handler only during training, which chains the previous one and is restored afterwards.
+- ``on_train_end`` never runs after an exception, Ctrl-C or SIGTERM: ``_crash_guard.CrashGuard`` turns every
+  way out of ``train()`` into one ``_finish`` call, which writes the postmortem.
 """
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
-import functools
 import logging
 import os
-import signal
 import sys
-import threading
-import traceback as tb
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +28,7 @@ from ptt_nb.sinks import _postmortem as postmortem
 from ptt_nb.sinks._console import ConsoleSink
 from ptt_nb.sinks._writer import RunWriter
 from ptt_nb.sources import _environment as environment
+from ptt_nb.sources._crash_guard import CrashGuard
 
 log = logging.getLogger("ptt_nb")
 
@@ -166,15 +160,8 @@ class DiagnosticsCallback(TrainerCallback):
         self.world_size = 1
         self._state = None
         self._writer: RunWriter | None = None
-        self._wrapped = False
-        self._guarded = False  # True while inside our wrapper of trainer.train
         self._finished = True
-        self._prev_sigterm: Any = None
-        self._sigterm_installed = False
-        self._sigterm_seen = False
-        self._finishing = False  # inside _finish: a SIGTERM then waits for the postmortem to be written
-        self._sigterm_pending = False
-        self._ipython_hook = None
+        self._guard = CrashGuard(self._finish)
         self._warned_keys: set[str] = set()
         self._rank_stats = None
 
@@ -183,95 +170,10 @@ class DiagnosticsCallback(TrainerCallback):
         self._attach(_find_trainer())
 
     def _attach(self, trainer: Trainer | None) -> None:
-        if trainer is None or trainer is self.trainer and self._wrapped:
+        if trainer is None:
             return
         self.trainer = trainer
-        original = trainer.train
-        if getattr(original, "_ptt_wrapped", False):
-            self._wrapped = True
-            return
-
-        @functools.wraps(original)
-        def train(*args: Any, **kwargs: Any) -> Any:
-            self._guarded = True
-            try:
-                return original(*args, **kwargs)
-            except BaseException as exc:
-                self._on_exception(exc)
-                raise
-            finally:
-                self._guarded = False
-
-        train._ptt_wrapped = True  # type: ignore[attr-defined]
-        trainer.train = train  # instance attribute: only this trainer, removed with it
-        self._wrapped = True
-
-    def _on_exception(self, exc: BaseException) -> None:
-        if self._finished:
-            return
-        if self._sigterm_seen:
-            reason = "sigterm"
-        elif isinstance(exc, KeyboardInterrupt):
-            reason = "keyboard_interrupt"
-        else:
-            reason = "exception"
-        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-        self._finish(reason, traceback=text, detail=f"{type(exc).__name__}: {exc}")
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self._sigterm_seen = True
-        if self._finishing:  # e.g. torchrun's SIGTERM after a peer died, while rank 0 writes that failure up
-            self._sigterm_pending = True  # re-sent once the postmortem is on disk
-            return
-        stack = "".join(tb.format_stack(frame)) if frame is not None else None
-        prev = self._prev_sigterm
-        self._finish("sigterm", traceback=stack, detail="SIGTERM received")
-        if callable(prev):
-            prev(signum, frame)
-        elif prev in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def _install_handlers(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            prev = signal.getsignal(signal.SIGTERM)
-            if prev is not signal.SIG_IGN:
-                self._prev_sigterm = prev
-                signal.signal(signal.SIGTERM, self._on_sigterm)
-                self._sigterm_installed = True
-        if not self._guarded:
-            # added with trainer.add_callback(): the current train() call cannot be wrapped any more, so
-            # fall back to IPython's post_run_cell (notebooks) and atexit (scripts) to see how it ended.
-            shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
-            if shell is not None:
-                def hook(result: Any) -> None:
-                    if result.error_in_exec is not None:
-                        self._on_exception(result.error_in_exec)
-
-                shell.events.register("post_run_cell", hook)
-                self._ipython_hook = (shell, hook)
-            atexit.register(self._at_exit)
-
-    def _remove_handlers(self) -> None:
-        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                signal.signal(signal.SIGTERM, self._prev_sigterm if self._prev_sigterm is not None else signal.SIG_DFL)
-            self._sigterm_installed = False
-        if self._ipython_hook is not None:
-            shell, hook = self._ipython_hook
-            try:
-                shell.events.unregister("post_run_cell", hook)
-            except ValueError:
-                pass
-            self._ipython_hook = None
-        atexit.unregister(self._at_exit)
-
-    def _at_exit(self) -> None:
-        exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-        if exc is not None:
-            self._on_exception(exc)
-        else:
-            self._finish("unknown", detail="the process exited while training was running")
+        self._guard.wrap(trainer)
 
     # -- run lifecycle ----------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -303,7 +205,6 @@ class DiagnosticsCallback(TrainerCallback):
             if console:
                 monitor.subscribe(ConsoleSink(str(self.run_dir)))
         self._finished = False
-        self._sigterm_seen = False
         run = RunStart(
             run_id=self.run_dir.name,
             trainer=trainer_cls.__name__ if trainer_cls else type(args).__name__,
@@ -324,7 +225,7 @@ class DiagnosticsCallback(TrainerCallback):
             except Exception as exc:  # noqa: BLE001 - the magics' registry must never stop training
                 log.warning("ptt_nb: %%ptt cannot see this run (%s)", exc)
         self._start_rank_stats(args)
-        self._install_handlers()
+        self._guard.arm()
 
     def _resolve_run_dir(self, args: Any, algorithm: str, resumed: bool) -> Path:
         if self.run_dir_option is not None:
@@ -363,10 +264,8 @@ class DiagnosticsCallback(TrainerCallback):
     def _start_rank_stats(self, args: Any) -> None:
         if self.world_size <= 1 or self.rank_stats_every == 0:
             return
-        try:
-            from ptt_nb.sources._ranks import RankStatsCollector
-        except ImportError:
-            return
+        from ptt_nb.sources._ranks import RankStatsCollector
+
         collector = self._rank_stats = RankStatsCollector.create(self, args, every=self.rank_stats_every)
         if collector is not None:
             # only a multi-process run times its steps: these two hooks exist on this instance alone, so a
@@ -427,7 +326,11 @@ class DiagnosticsCallback(TrainerCallback):
     def _finish(self, reason: str, *, traceback: str | None = None, detail: str = "") -> None:
         if self._finished or self.monitor is None:
             return
-        self._finished = self._finishing = True
+        self._finished = True
+        with self._guard.finishing():
+            self._write_up(reason, traceback, detail)
+
+    def _write_up(self, reason: str, traceback: str | None, detail: str) -> None:
         monitor = self.monitor
         step = self._state.global_step if self._state is not None else monitor.step
         try:
@@ -450,7 +353,7 @@ class DiagnosticsCallback(TrainerCallback):
             if self.report and self.rank == 0 and reason != "sigterm":  # a SIGTERM'd process must exit promptly
                 self._write_report(monitor)
         finally:
-            self._remove_handlers()
+            self._guard.disarm()
             if self._rank_stats is not None:
                 self._rank_stats.close()
                 self.__dict__.pop("on_step_begin", None)
@@ -461,10 +364,6 @@ class DiagnosticsCallback(TrainerCallback):
             if reason != "finished" and self.rank == 0:
                 log.warning("ptt_nb: run ended at step %s (%s); postmortem: %s", step, reason,
                             self.run_dir / "postmortem.json" if self.run_dir else "-")
-            self._finishing = False
-            if self._sigterm_pending:  # to the handler restored above (the default one ends the process)
-                self._sigterm_pending = False
-                os.kill(os.getpid(), signal.SIGTERM)
 
     @staticmethod
     def _write_report(monitor: Monitor) -> None:

@@ -13,10 +13,9 @@ Everything with a leading underscore is internal; the names below are the public
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _package_version
 from typing import TYPE_CHECKING, Any
 
+from ptt_nb._version import __version__
 from ptt_nb.events import SCHEMA_VERSION
 from ptt_nb.monitor._monitor import Monitor
 from ptt_nb.sources._reader import load_run, read_events, read_postmortem
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
     from ptt_nb.sources._callback import DiagnosticsCallback
     from ptt_nb.sources._follow import watch
 
-try:
-    __version__ = _package_version("ptt-nb")
-except PackageNotFoundError:  # a source tree on sys.path, not installed
-    __version__ = "0+unknown"
 
 # public name -> the module that defines it, imported on first use (transformers, IPython, the rule language)
 _LAZY = {
@@ -47,8 +42,8 @@ _LAZY = {
     "summarize": "ptt_nb.sinks._text_summary",
 }
 
-__all__ = ["DiagnosticsCallback", "Monitor", "SCHEMA_VERSION", "load_run", "read_events", "read_postmortem",
-           "rule", "Rule", "Finding", "backtest", "watch", "show", "summarize",
+__all__ = ["__version__", "DiagnosticsCallback", "Monitor", "SCHEMA_VERSION", "load_run", "read_events",
+           "read_postmortem", "rule", "Rule", "Finding", "backtest", "watch", "show", "summarize",
            "load_ipython_extension", "unload_ipython_extension"]
 
 

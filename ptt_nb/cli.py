@@ -389,7 +389,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- entry point ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from ptt_nb import __version__
+    from ptt_nb._version import __version__
 
     parser = argparse.ArgumentParser(prog="ptt-nb", description="Diagnostics for Hugging Face TRL post-training "
                                      "runs: tiny demo run, HTML report, text summary, rule catalog, live watch.")

@@ -67,7 +67,7 @@ class Monitor:
         self.step = 0
         self.max_steps: int | None = None
         self._stop_lock = threading.Lock()
-        self.stop_flag = False  # a plain attribute: read at every step boundary, set once under _stop_lock
+        self.stop_requested = False  # a plain attribute: read at every step boundary, set once under _stop_lock
         self.stop_info: dict[str, Any] | None = None
         self._t_start: float | None = None
         self._rate: float | None = None
@@ -213,7 +213,7 @@ class Monitor:
         for alert in alerts:
             self.add_alert(alert)
             if (self.stop_on_critical and alert.severity == "critical" and alert.state == "active"
-                    and not self.stop_flag):
+                    and not self.stop_requested):
                 reason = "nonfinite" if alert.rule == "nonfinite_values" else "auto_stop"
                 self.request_stop(by="auto_stop", reason=reason, alert=alert)
 
@@ -260,24 +260,20 @@ class Monitor:
             self.step = step
         if self._deferred and self._clock() - self._deferred_since >= self.defer_s:
             self.drain()
-        return self.stop_flag
+        return self.stop_requested
 
     # -- stop ----------------------------------------------------------------------------------------------------
     def request_stop(self, by: str = "user", reason: str = "user_stop", alert: Alert | None = None) -> None:
         """Thread-safe: may be called from a widget's subshell thread or a magic while training runs."""
         with self._stop_lock:
-            if self.stop_flag:
+            if self.stop_requested:
                 return
             self.stop_info = {"by": by, "reason": reason, "alert": alert.__dict__ if alert else None}
-            self.stop_flag = True
+            self.stop_requested = True
         control = Control(action="stop", step=self.step, by=by, reason=reason,
                           detail={"rule": alert.rule, "alert_id": alert.id} if alert else {})
         self.controls.append(control)
         self.emit(control)
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_flag
 
     def finish(self, reason: str, step: int | None = None, detail: str = "", t: float | None = None) -> RunEnd:
         if self.end_event is not None:
@@ -322,7 +318,7 @@ class Monitor:
             "trainer": self.run.trainer if self.run else "",
             "algorithm": self.run.algorithm if self.run else "",
             "reason": self.end_event.reason if self.end_event else None,
-            "stop_requested": self.stop_flag,
+            "stop_requested": self.stop_requested,
         }
 
     def other_keys(self) -> list[str]:

@@ -315,7 +315,7 @@ class DiagnosticsCallback(TrainerCallback):
         else:
             split = "train"
         monitor.log(state.global_step, values, split)
-        if monitor.stop_flag and self._stop_agreed():
+        if monitor.stop_requested and self._stop_agreed():
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):

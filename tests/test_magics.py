@@ -217,11 +217,12 @@ def test_backtest_on_the_recorded_run_gives_the_exact_firing_steps(ip):
 
 
 def test_backtest_html_has_markers_at_the_firing_steps(ip):
-    from ptt_nb.notebook._cell_rules import Backtest, BacktestView, Firing
+    from ptt_nb.notebook._cell_rules import BacktestView
+    from ptt_nb.rules._backtest import BacktestResult, Firing
 
     monitor = load_run(RECORDED)
-    view = BacktestView("low_grad", Backtest("low_grad", [Firing(6, 7, "low", ""), Firing(14, None, "low", "")],
-                                             keys=("grad_norm",)), monitor.history)
+    view = BacktestView("low_grad", BacktestResult("low_grad", [Firing(6, 7, "low", ""), Firing(14, None, "low", "")],
+                                                   keys=("grad_norm",)), monitor.history)
     page = view._repr_html_()
     assert page.count("<line ") == 2 and "fires at step 6" in page and "fires at step 14" in page
     assert "<polyline" in page and "grad_norm" in page

@@ -401,8 +401,9 @@ def test_backtest_markers_go_in_init_and_data_replaced_by_rule_and_never_become_
     and in every ``init`` (a re-rendered view rebuilds them), replaced on re-run, cleared; never recorded.
     The dashboard's flush thread runs too, so the checks fold over all messages sent, whichever thread sent them."""
     pytest.importorskip("anywidget")
-    from ptt_nb.notebook._cell_rules import Backtest, Firing, marker_alerts
+    from ptt_nb.notebook._cell_rules import marker_alerts
     from ptt_nb.notebook._widget import Dashboard
+    from ptt_nb.rules._backtest import BacktestResult, Firing
     from ptt_nb.sinks._writer import RunWriter
     from ptt_nb.sources._reader import read_events
 
@@ -419,9 +420,9 @@ def test_backtest_markers_go_in_init_and_data_replaced_by_rule_and_never_become_
         dash.stream.handle({"type": "ready"})
         dash.stream.flush()
         assert sent.of("init") and sent.of("init")[-1][0]["backtest"] == []
-        first = Backtest("margin_up", [Firing(4, 7, "low", "margin > 0"), Firing(12, None, "low", "again")])
+        first = BacktestResult("margin_up", [Firing(4, 7, "low", "margin > 0"), Firing(12, None, "low", "again")])
         dash.show_backtest("margin_up", marker_alerts(first, ["pref_margin"]))
-        dash.show_backtest("grad_low", marker_alerts(Backtest("grad_low", [Firing(9, None, "high", "g")]),
+        dash.show_backtest("grad_low", marker_alerts(BacktestResult("grad_low", [Firing(9, None, "high", "g")]),
                                                      ["optim_grad_norm"]))
         dash.stream.flush()
         carrying = [c for c, _ in sent.messages if "backtest" in c and c["type"] == "data"]
@@ -436,7 +437,7 @@ def test_backtest_markers_go_in_init_and_data_replaced_by_rule_and_never_become_
         assert sum("backtest" in c for c, _ in sent.messages) == n  # unchanged markers are not re-sent
 
         # a re-run of the same rule replaces its markers; the other rule's stay
-        dash.show_backtest("margin_up", marker_alerts(Backtest("margin_up", [Firing(15, None, "medium", "x")]),
+        dash.show_backtest("margin_up", marker_alerts(BacktestResult("margin_up", [Firing(15, None, "medium", "x")]),
                                                       ["pref_margin"]))
         dash.stream.flush()
         seen = _seen_backtest(sent)

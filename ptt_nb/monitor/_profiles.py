@@ -213,3 +213,32 @@ def match_key(pattern: str, key: str) -> bool:
 
 # Keys every trainer logs that carry no diagnostic value of their own; kept in history, shown under "other".
 BOOKKEEPING_KEYS = frozenset({"epoch", "num_tokens", "step_time", "episode", "eps"})
+
+
+# Training-step log keys of each TRL 1.16 trainer, as measured (shared/reference/trl-log-keys.md).
+_TRL_COMMON = ("loss", "grad_norm", "learning_rate", "epoch")
+_TRL_PREF = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+             "logps/rejected", "logits/chosen", "logits/rejected")
+_TRL_RL = ("num_tokens", "completions/mean_length", "completions/min_length", "completions/max_length",
+           "completions/clipped_ratio", "completions/mean_terminated_length", "completions/min_terminated_length",
+           "completions/max_terminated_length", "rewards/*/mean", "rewards/*/std", "reward", "reward_std",
+           "frac_reward_zero_std", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
+           "clip_ratio/region_mean", "clip_ratio/low_min", "clip_ratio/high_max", "step_time")
+TRL_KEYS: dict[str, tuple[str, ...]] = {
+    "generic": _TRL_COMMON,
+    "sft": (*_TRL_COMMON, "entropy", "mean_token_accuracy", "num_tokens"),
+    "dpo": (*_TRL_COMMON, *_TRL_PREF, "entropy", "num_tokens", "mean_token_accuracy"),
+    "kto": (*_TRL_COMMON, *_TRL_PREF, "kl", "entropy", "num_tokens"),
+    "grpo": (*_TRL_COMMON, *_TRL_RL),
+    "rloo": (*_TRL_COMMON, *_TRL_RL),
+    "reward": (*_TRL_COMMON, "num_tokens", "min_reward", "mean_reward", "max_reward", "accuracy", "margin"),
+    "orpo": (*_TRL_COMMON, *_TRL_PREF, "nll_loss", "log_odds_ratio", "log_odds_chosen"),
+    "cpo": (*_TRL_COMMON, *_TRL_PREF, "nll_loss"),
+    "online_dpo": (*_TRL_COMMON, *_TRL_PREF, "objective/kl", "objective/entropy", "objective/non_score_reward",
+                   "val/contain_eos_token", "beta", "objective/rlhf_reward", "objective/scores_margin",
+                   "objective/scores"),
+    "ppo": (*_TRL_COMMON, "loss/policy_avg", "loss/value_avg", "objective/kl", "objective/entropy",
+            "objective/non_score_reward", "objective/rlhf_reward", "objective/scores", "policy/approxkl_avg",
+            "policy/clipfrac_avg", "policy/entropy_avg", "val/clipfrac_avg", "val/ratio", "val/ratio_var",
+            "val/num_eos_tokens", "lr", "episode"),
+}

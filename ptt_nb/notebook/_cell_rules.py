@@ -11,14 +11,16 @@ import html
 import math
 import re
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptt_nb.events import Alert
 from ptt_nb.monitor._history import MetricHistory
 from ptt_nb.notebook._session import RuleSource
 from ptt_nb.rules._engine import Rule, RuleError
+
+if TYPE_CHECKING:
+    from ptt_nb.rules._backtest import BacktestResult
 
 CELL_FILE = "<%%ptt cell>"
 _PYTHON = re.compile(r"^\s*(@|def\s|class\s|import\s|from\s+\S+\s+import\s)", re.M)
@@ -147,64 +149,24 @@ def _cell_line(exc: BaseException) -> int | None:
 
 
 # -- backtest --------------------------------------------------------------------------------------------------------
-@dataclass
-class Firing:
-    step: int
-    resolved_step: int | None
-    severity: str
-    message: str
-    evidence: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Backtest:
-    """The normalised result of ``rules.backtest.backtest`` for display."""
-
-    rule_id: str
-    firings: list[Firing]
-    evaluated: int | None = None
-    error: str | None = None
-    keys: tuple[str, ...] = ()
-    panels: tuple[str, ...] = ()
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def steps(self) -> list[int]:
-        return [f.step for f in self.firings]
-
-
-def backtest(rule: Rule, history: MetricHistory, *, algorithm: str, config: dict[str, Any],
-             max_steps: int | None) -> Backtest:
+def backtest_cell(rule: Rule, history: MetricHistory, *, algorithm: str, config: dict[str, Any],
+                  max_steps: int | None) -> BacktestResult:
+    """``rules._backtest.backtest`` for a cell's rule, its failures worded as ``CellError`` for the magic."""
     try:
-        from ptt_nb.rules._backtest import backtest as run_backtest
+        from ptt_nb.rules._backtest import backtest
     except ImportError as exc:
         raise CellError(f"%%ptt: backtesting is not available in this build ({exc}); the rule was not checked "
                         "(use --dry-run later, or add it as it is by leaving the cell out)") from None
     try:
-        result = run_backtest(rule, history, algorithm=algorithm, config=config, max_steps=max_steps)
+        return backtest(rule, history, algorithm=algorithm, config=config, max_steps=max_steps)
     except RuleError as exc:
         raise CellError(f"%%ptt: {rule.id}: {exc}") from None
-    return _normalise(rule, result)
 
 
-def _normalise(rule: Rule, result: Any) -> Backtest:
-    """``rules.backtest.BacktestResult`` → the episodes with their severity, end step and evidence."""
-    firings: list[Firing] = []
-    for a in getattr(result, "alerts", []):
-        if a.rule == "rule_error":
-            continue
-        if a.state == "active":
-            firings.append(Firing(a.step, None, a.severity, a.message, dict(a.evidence or {})))
-        elif a.state == "resolved" and firings and firings[-1].resolved_step is None:
-            firings[-1].resolved_step = a.resolved_step
-    return Backtest(rule.id, firings, getattr(result, "checked", None), getattr(result, "error", None),
-                    tuple(rule.keys), tuple(getattr(rule, "panels", ()) or ()),
-                    list(getattr(result, "warnings", []) or []))
-
-
-def marker_alerts(result: Backtest, panel_ids: list[str]) -> list[Alert]:
-    """The firings as Alert objects (state ``backtest``) on the rule's own panels, else on ``panel_ids`` (those
-    that plot the keys it reads), for a dashboard to draw as markers."""
+def marker_alerts(result: BacktestResult, panel_ids: list[str]) -> list[Alert]:
+    """The episodes as Alert objects (state ``backtest``) on the rule's own panels, else on ``panel_ids`` (those
+    that plot the keys it reads), for a dashboard to draw as markers (``BacktestResult.from_alerts`` reads them
+    back)."""
     ids = list(result.panels) or list(panel_ids)
     return [Alert(id=f"backtest:{result.rule_id}@{f.step}", rule=result.rule_id, severity=f.severity, step=f.step,
                   message=f.message, evidence=dict(f.evidence), state="backtest", resolved_step=f.resolved_step,
@@ -214,7 +176,7 @@ def marker_alerts(result: Backtest, panel_ids: list[str]) -> list[Alert]:
 class BacktestView:
     """Where a rule would have fired: a short table and a small SVG of the series it reads, with markers."""
 
-    def __init__(self, rule_id: str, result: Backtest, history: MetricHistory) -> None:
+    def __init__(self, rule_id: str, result: BacktestResult, history: MetricHistory) -> None:
         self.rule_id, self.result, self.history = rule_id, result, history
 
     def summary(self) -> str:
@@ -222,7 +184,7 @@ class BacktestView:
         if r.error:
             return f"{r.rule_id}: the rule failed during the backtest: {r.error}"
         if not r.firings:
-            over = f" ({r.evaluated} log points checked)" if r.evaluated is not None else ""
+            over = f" ({r.checked} log points checked)" if r.checked is not None else ""
             return f"{r.rule_id}: would not have fired on this run{over}"
         steps = r.steps
         shown = ", ".join(map(str, steps[:12])) + (", ..." if len(steps) > 12 else "")

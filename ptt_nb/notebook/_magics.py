@@ -10,14 +10,9 @@ points at the cell line and column; nothing a magic does can break a run that is
 from __future__ import annotations
 
 import argparse
-import difflib
-import html
-import math
 import re
 import shlex
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,180 +21,27 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
-from ptt_nb.events import SEVERITIES, Alert
-from ptt_nb.monitor._history import MetricHistory, Series
 from ptt_nb.monitor._monitor import Monitor
-from ptt_nb.notebook._session import SESSION, RuleSource, TrainingJob, wait_for_run
+from ptt_nb.notebook._magic_helpers import (  # noqa: F401 - LINE_HELP, Table: re-exported
+    LINE_HELP,
+    Table,
+    _cell_parser,
+    _HelpShown,
+    _is_custom,
+    _job_text,
+    _line_parser,
+    _status_text,
+    _suggest,
+    _user_names,
+    panel_ids_for,
+    rules_table,
+    snapshot_history,
+)
+from ptt_nb.notebook._session import SESSION, RuleSource, wait_for_run, wait_job  # noqa: F401 - wait_job: re-exported
+from ptt_nb.notebook._training_job import ensure_callback, job_outcome
+from ptt_nb.rules._backtest import BacktestResult
 
 REGISTER_WAIT_S = 20.0  # how long ``%ptt train`` waits for train begin before returning without a dashboard
-
-
-# -- argument parsing that never exits the kernel ---------------------------------------------------------------
-class _HelpShown(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}  (see `{self.prog} --help`)")
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        if message:
-            print(message, end="")
-        raise _HelpShown()
-
-
-LINE_HELP = """\
-%ptt SUBCOMMAND ...   ptt_nb in a notebook (current run = training here, watched, or replayed)
-
-  show                    dashboard of the current (or last) run
-  status                  state, step, ETA, alerts, background training and watcher
-  rules                   the run's rules: id, severity, state, times fired, muted
-  mute RULE / unmute RULE silence a rule's alerts (it keeps evaluating)
-  remove RULE             drop a rule added with %%ptt (from this session and the live run)
-  stop                    stop the current run at the next step (or stop following a watched folder)
-  train TRAINER           run TRAINER.train() in a background thread; the notebook stays usable
-  watch RUN_DIR           follow a run folder that another process is writing
-  replay RUN_DIR          load a finished or crashed run (and its postmortem)
-  report [RUN_DIR] [-o F] write the static HTML report
-
-%%ptt [--dry-run] [--severity LEVEL] [--save FILE]
-  a cell of custom rules (rule language, or a Python function with @rule): backtested on the current run,
-  then added to the live run and to every later run of this session.
-
-`%ptt SUBCOMMAND --help` tells more.
-"""
-
-
-def _line_parser() -> _Parser:
-    parser = _Parser(prog="%ptt", description=LINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     usage="%(prog)s SUBCOMMAND [options]", add_help=True)
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
-    sub.add_parser("show", help="dashboard of the current or last run")
-    sub.add_parser("status", help="state of the current run, background training and watcher")
-    sub.add_parser("rules", help="table of the run's rules")
-    for name, what in (("mute", "silence"), ("unmute", "un-silence"), ("remove", "drop a custom")):
-        p = sub.add_parser(name, help=f"{what} rule RULE")
-        p.add_argument("rule", metavar="RULE")
-    sub.add_parser("stop", help="stop the current run at the next step boundary")
-    train = sub.add_parser("train", help="run TRAINER.train() in a background thread")
-    train.add_argument("trainer", metavar="TRAINER", help="name of a Trainer variable (dotted names allowed)")
-    train.add_argument("--no-show", action="store_true", help="do not display the dashboard")
-    watch = sub.add_parser("watch", help="follow a run folder another process is writing")
-    watch.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
-                       help="a run folder, or a parent such as output_dir/ptt_nb (its newest run)")
-    watch.add_argument("--interval", type=float, default=0.2, help="seconds between polls (default 0.2)")
-    watch.add_argument("--no-show", action="store_true", help="do not display the dashboard")
-    watch.add_argument("--stop", action="store_true", help="stop following")
-    replay = sub.add_parser("replay", help="load a finished or crashed run folder")
-    replay.add_argument("run_dir", metavar="RUN_DIR")
-    replay.add_argument("--no-show", action="store_true", help="do not display the dashboard")
-    report = sub.add_parser("report", help="write the static HTML report")
-    report.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="default: the current run")
-    report.add_argument("-o", "--out", metavar="FILE", help="default: <run folder>/report.html")
-    return parser
-
-
-def _cell_parser() -> _Parser:
-    parser = _Parser(prog="%%ptt", description="Backtest custom rules on the current run, then add them to it.",
-                     usage="%(prog)s [--dry-run] [--severity LEVEL] [--save FILE]")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="backtest only; add nothing to the run (--save still saves)")
-    parser.add_argument("--severity", choices=SEVERITIES, help="override the rules' severity")
-    parser.add_argument("--save", metavar="FILE", help="also append the rules to this YAML rule pack")
-    return parser
-
-
-# -- small display helpers ----------------------------------------------------------------------------------------
-class Table:
-    """A plain table with an HTML and a text form (the text form is what tests and terminals see)."""
-
-    def __init__(self, columns: list[str], rows: list[list[Any]], title: str = "") -> None:
-        self.columns, self.rows, self.title = columns, rows, title
-
-    def __repr__(self) -> str:
-        cells = [self.columns] + [[_fmt(v) for v in row] for row in self.rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
-        lines = [self.title] if self.title else []
-        for n, row in enumerate(cells):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
-                       for row in self.rows)
-        title = f"<div style='font-weight:600'>{html.escape(self.title)}</div>" if self.title else ""
-        return f"{title}<table class='ptt-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3)
-    if close:
-        return f"; did you mean {' or '.join(repr(c) for c in close)}?"
-    return f"; known: {', '.join(sorted(known))}" if known else ""
-
-
-def snapshot_history(history: MetricHistory) -> MetricHistory:
-    """A private copy of a history that the training thread may be appending to, taken without flushing it.
-
-    ``MetricHistory`` queues log points and moves them into its columns on read (``history.series`` flushes);
-    a flush from this thread could race the training thread's ``add``, so the columns (``_series``: length
-    first, then the prefix) and the queue (``_pending``) are copied as they are. A flush between the two reads
-    moves points from the queue into a column: queued points at or below a column's last step are dropped.
-    """
-    pending = list(getattr(history, "_pending", ()))
-    columns = getattr(history, "_series", None)
-    if columns is None:  # a history without a queue
-        columns = history.series
-    copy = MetricHistory(cap=history.cap)
-    target = copy.series
-    last: dict[tuple[str, str], int] = {}
-    for (split, key), series in list(columns.items()):
-        n = series.n
-        clone = Series(history.cap, initial=max(n, 1))
-        clone.steps[:n] = series.steps[:n]
-        clone.values[:n] = series.values[:n]
-        clone.n = n
-        target[(split, key)] = clone
-        last[(split, key)] = int(clone.steps[n - 1]) if n else -1
-    # newest values: the flushed ones, then the queued points (applied when the copy flushes)
-    copy._latest.update(dict(history._latest))
-    copy._latest_eval.update(dict(history._latest_eval))
-    for step, split, values, *_keys in pending:
-        fresh = {k: v for k, v in values.items() if step > last.get((split, k), -1)}
-        if fresh:
-            copy.add(step, split, fresh)
-    copy.last_step = max(history.last_step, copy.last_step)
-    copy.summary.update(dict(history.summary))
-    return copy
-
-
-def panel_ids_for(monitor: Monitor, keys: tuple[str, ...]) -> list[str]:
-    """Ids of the dashboard panels that plot any of ``keys`` (from the panel specs: the history is not read)."""
-    from ptt_nb.monitor import _profiles as profiles
-
-    specs = monitor.run.panels if monitor.run else list(monitor.profile.panels)
-    ids = [p["id"] for p in specs if any(profiles.match_key(s["key"], k) or profiles.match_key(s["key"],
-                                                                                            k.removeprefix("eval_"))
-                                         for s in p["series"] for k in keys)]
-    other = set(monitor.other_keys()) - profiles.BOOKKEEPING_KEYS  # as Monitor.panels() lays them out
-    ids += [f"other:{k}" for k in keys if k in other]
-    return ids
 
 
 # -- the magics -----------------------------------------------------------------------------------------------------
@@ -353,23 +195,20 @@ class PttMagics(Magics):
         if not callable(getattr(trainer, "train", None)) or not hasattr(trainer, "callback_handler"):
             raise UsageError(f"%ptt train: {args.trainer!r} is a {type(trainer).__name__}, not a transformers/TRL "
                              "Trainer")
-        callback, added = _ensure_callback(trainer)
+        callback, added = ensure_callback(trainer)
         restore = {"widget_option": callback.widget_option, "console": callback.console}
         callback.widget_option = False  # the dashboard is displayed below, from this (main) thread
         if callback.console is None:
             callback.console = False
         if callback.trainer is None:  # added after on_init_end: wrap train() now so a crash is still recorded
             callback._attach(trainer)
-        job = TrainingJob(name=args.trainer, trainer=trainer, callback=callback, restore=restore)
-        job.thread = threading.Thread(target=_run_job, args=(job,), name=f"ptt_nb-train:{args.trainer}", daemon=True)
         generation = SESSION.generation
-        SESSION.job = job
-        job.thread.start()
+        job = SESSION.start_job(args.trainer, trainer, callback, restore)
         note = " (a DiagnosticsCallback was added to it)" if added else ""
         print(f"training {args.trainer!r} in the background{note}; `%ptt stop` stops it, `%ptt status` tells how "
               "it goes")
         try:
-            started = wait_for_run(generation, REGISTER_WAIT_S, lambda: not job.thread.is_alive())
+            started = wait_for_run(generation, REGISTER_WAIT_S, lambda: not job.running)
         except KeyboardInterrupt:  # an interrupt reaches this cell, not the training thread
             print("(still training in the background: `%ptt stop` stops it, `%ptt show` shows it)")
             return
@@ -378,7 +217,7 @@ class PttMagics(Magics):
             if dash is not None:
                 callback.widget = dash
         elif not started:
-            if job.thread.is_alive():
+            if job.running:
                 print("training has not begun yet; `%ptt show` displays the dashboard once it has")
             else:
                 self._report_job()
@@ -543,18 +382,21 @@ class PttMagics(Magics):
         assert run is not None
         for source in sources:
             try:
-                result = cellrules.backtest(source.make(), history, algorithm=run.algorithm, config=run.config,
-                                            max_steps=monitor.max_steps)
+                result = cellrules.backtest_cell(source.make(), history, algorithm=run.algorithm,
+                                                 config=run.config, max_steps=monitor.max_steps)
             except cellrules.CellError as exc:
                 raise UsageError(str(exc)) from None
             display(cellrules.BacktestView(source.id, result, history))
             self._mark_dashboard(monitor, result)
 
-    def _mark_dashboard(self, monitor: Monitor, result: Any) -> None:
-        """Backtest firings as markers on the dashboard's panels, where the dashboard offers that.
+    def _mark_dashboard(self, monitor: Monitor, result: BacktestResult) -> None:
+        """Backtest firings as markers on the dashboard's panels, where the dashboard offers that: the result
+        itself to one that takes it (``Dashboard.takes_backtest_results``), else its marker alerts.
 
         They are never added to ``monitor.alerts`` (nor written to the run folder): they did not happen.
         """
+        import dataclasses
+
         from ptt_nb.notebook import _cell_rules as cellrules
 
         dash = SESSION.dashboard if monitor is SESSION.monitor else None
@@ -562,7 +404,12 @@ class PttMagics(Magics):
         if show_backtest is None:
             return
         try:
-            show_backtest(result.rule_id, cellrules.marker_alerts(result, panel_ids_for(monitor, result.keys)))
+            if not result.panels:  # the rule names none: the panels that plot the keys it reads
+                result = dataclasses.replace(result, panels=tuple(panel_ids_for(monitor, result.keys)))
+            if getattr(dash, "takes_backtest_results", False):
+                show_backtest(result.rule_id, result)
+            else:
+                show_backtest(result.rule_id, cellrules.marker_alerts(result, list(result.panels)))
         except Exception as exc:  # noqa: BLE001 - markers are a nicety; the table above has the facts
             print(f"(could not mark the dashboard: {type(exc).__name__}: {exc})")
 
@@ -574,120 +421,6 @@ class PttMagics(Magics):
         except cellrules.CellError as exc:
             raise UsageError(str(exc)) from None
         print(f"saved {', '.join(s.id for s in sources)} to {out}")
-
-
-# -- helpers used by the magics -------------------------------------------------------------------------------------
-def _user_names(ns: dict[str, Any]) -> list[str]:
-    return [k for k in ns if not k.startswith("_") and k not in ("In", "Out", "exit", "quit", "get_ipython")]
-
-
-def _is_custom(monitor: Monitor, rule_id: str) -> bool:
-    state = monitor.engine.states.get(rule_id)
-    return state is not None and getattr(state.rule, "source", "built-in") != "built-in"
-
-
-def _ensure_callback(trainer: Any) -> tuple[Any, bool]:
-    from ptt_nb.sources._callback import DiagnosticsCallback
-
-    for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, DiagnosticsCallback):
-            return cb, False
-    cb = DiagnosticsCallback()
-    trainer.add_callback(cb)
-    return cb, True
-
-
-def job_outcome(job: TrainingJob) -> str:
-    """One line: how a background run ended, with its postmortem when it crashed."""
-    monitor = getattr(job.callback, "monitor", None)
-    run_dir = getattr(job.callback, "run_dir", None)
-    step = monitor.step if monitor is not None else "?"
-    if job.error is None:
-        state = monitor.state if monitor is not None else "finished"
-        return f"ptt_nb: {job.name!r} ended at step {step}: {state}; run folder: {run_dir}"
-    exc = job.error
-    pm = Path(run_dir) / "postmortem.json" if run_dir is not None else None
-    where = f"; postmortem: {pm}" if pm is not None and pm.exists() else ""
-    return f"ptt_nb: {job.name!r} crashed at step {step}: {type(exc).__name__}: {exc}{where}"
-
-
-def _run_job(job: TrainingJob) -> None:
-    try:
-        job.result = job.trainer.train()
-    except BaseException as exc:  # noqa: BLE001 - its traceback is shown by the post_run_cell hook
-        job.error = exc
-    finally:
-        for name, value in job.restore.items():  # a later plain trainer.train() behaves as configured
-            setattr(job.callback, name, value)
-        monitor = getattr(job.callback, "monitor", None)
-        if monitor is not None:
-            SESSION.applier(monitor).drain()
-        try:  # at once, into whichever cell the kernel shows output for now (the traceback follows at a cell end)
-            print(job_outcome(job), file=sys.stderr if job.error is not None else sys.stdout, flush=True)
-            job.announced = True
-        except Exception:  # noqa: BLE001 - a closed stream must not hide the outcome: the hook prints it then
-            pass
-
-
-def _status_text(monitor: Monitor, source: str = "") -> str:
-    s = monitor.status()
-    run = monitor.run
-    head = f"{run.trainer} ({run.algorithm}) {run.run_id}" if run else "(no run_start yet)"
-    where = f" [{source}]" if source else ""
-    step = f"step {s['step']}" + (f"/{s['max_steps']}" if s["max_steps"] else "")
-    parts = [f"{head}{where}: {s['state']}, {step}"]
-    if s["eta_s"] is not None:
-        parts.append(f"ETA {s['eta_s']:.0f} s")
-    if s["steps_per_s"]:
-        parts.append(f"{s['steps_per_s']:.2f} steps/s")
-    if s["stop_requested"] and monitor.end_event is None:
-        parts.append("stop requested")
-    counts = {k: v for k, v in monitor.alerts_by_severity().items() if v}
-    active = sum(1 for a in monitor.alerts if a.state == "active")
-    parts.append(f"alerts: {_fmt(counts) if counts else 'none'}" + (f" ({active} open)" if counts else ""))
-    if monitor.end_event is not None and monitor.end_event.detail:
-        parts.append(monitor.end_event.detail)
-    lines = [", ".join(parts)]
-    if monitor.run_dir is not None:
-        lines.append(f"run folder: {monitor.run_dir}")
-    return "\n".join(lines)
-
-
-def _job_text(job: TrainingJob) -> str:
-    if job.running:
-        return f"background training: {job.name!r} is running"
-    if job.error is not None:
-        return f"background training: {job.name!r} crashed: {type(job.error).__name__}: {job.error}"
-    return f"background training: {job.name!r} returned"
-
-
-def rules_table(monitor: Monitor) -> Table:
-    """id, severity, state (active/idle/dormant/disabled), fired, muted, source. Rules that ran elsewhere (a
-    replayed run, or the process writing a watched run) appear as ``recorded`` with their recorded alerts."""
-    engine = monitor.engine
-    columns = ["id", "severity", "state", "fired", "muted", "source"]
-    dormant = set(engine.dormant())
-    rows = []
-    for rule_id, state in sorted(list(engine.states.items())):
-        if state.disabled:
-            label = "disabled"
-        elif state.active is not None:
-            label = "active"
-        elif rule_id in dormant:
-            label = "dormant"
-        else:
-            label = "idle"
-        rows.append([rule_id, state.rule.severity, label, state.fired, state.muted, state.rule.source])
-    recorded: dict[str, list[Alert]] = {}
-    for alert in list(monitor.alerts):
-        if alert.rule not in engine.states:
-            recorded.setdefault(alert.rule, []).append(alert)
-    for rule_id, alerts in sorted(recorded.items()):
-        rows.append([rule_id, alerts[0].severity, "recorded", len(alerts), None, "recorded"])
-    title = ""
-    if not monitor.evaluate:
-        title = "replayed run: its rules do not run here; recorded alerts by rule"
-    return Table(columns, rows, title=title)
 
 
 # -- registration ------------------------------------------------------------------------------------------------------
@@ -716,11 +449,3 @@ def unregister(ipython: Any) -> None:
         pass
 
 
-def wait_job(timeout: float = 60.0) -> bool:
-    """Block until the background training started by ``%ptt train`` ends (for scripts and tests)."""
-    job = SESSION.job
-    if job is None or job.thread is None:
-        return True
-    deadline = time.monotonic() + timeout
-    job.thread.join(max(0.0, deadline - time.monotonic()))
-    return not job.thread.is_alive()

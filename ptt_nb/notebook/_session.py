@@ -13,11 +13,12 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ptt_nb.events import Event, Metrics, RunEnd, RunStart
 from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.notebook._training_job import TrainingJob
 from ptt_nb.rules._engine import Rule
 
 log = logging.getLogger("ptt_nb")
@@ -80,25 +81,6 @@ class RuleSource:
     text: str = ""
 
 
-@dataclass
-class TrainingJob:
-    """``trainer.train()`` running on a background thread, started by ``%ptt train``."""
-
-    name: str
-    trainer: Any
-    callback: Any
-    thread: threading.Thread | None = None
-    result: Any = None
-    error: BaseException | None = None
-    reported: bool = False  # the post_run_cell hook has shown how it ended
-    announced: bool = False  # the training thread printed its one-line outcome
-    restore: dict[str, Any] = field(default_factory=dict)  # callback options to put back when the run ends
-
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
-
 class Session:
     """What ``%ptt`` knows. One instance per process (``SESSION``); all fields are optional."""
 
@@ -143,6 +125,21 @@ class Session:
     def live(self, monitor: Monitor | None = None) -> bool:
         monitor = monitor or self.monitor
         return monitor is not None and self.applier(monitor).live()
+
+    # -- the background training job (``%ptt train``) ----------------------------------------------------------
+    def start_job(self, name: str, trainer: Any, callback: Any, restore: dict[str, Any]) -> TrainingJob:
+        """Start ``trainer.train()`` on a background thread as this session's job; when it ends, changes queued for
+        its run are applied."""
+        job = TrainingJob(name=name, trainer=trainer, callback=callback, restore=restore,
+                          on_end=lambda monitor: self.applier(monitor).drain())
+        self.job = job
+        job.start()
+        return job
+
+    def wait_job(self, timeout: float = 60.0) -> bool:
+        """Block until the background training ends (True), or ``timeout`` seconds."""
+        job = self.job
+        return True if job is None else job.wait(timeout)
 
     # -- rules added with %%ptt -------------------------------------------------------------------------------
     def remember_rule(self, source: RuleSource) -> None:
@@ -189,3 +186,8 @@ def wait_for_run(after_generation: int, timeout: float, stop_waiting: Callable[[
                 return False
             SESSION.registered.wait(min(left, 0.05))
         return True
+
+
+def wait_job(timeout: float = 60.0) -> bool:
+    """Block until the background training started by ``%ptt train`` ends (for scripts and tests)."""
+    return SESSION.wait_job(timeout)

@@ -1,8 +1,12 @@
-"""A small static ``text/html`` summary of a run (status, one SVG sparkline per panel, the alerts).
+"""The static notebook fallback: the small ``text/html`` summary a notebook shows when the live widget cannot
+render (status, one SVG sparkline per panel, the alerts).
 
-It rides along in the widget's output bundle, so a notebook opened without a kernel or widget state
-(nbconvert HTML, GitHub, a viewer) still shows the result. Self-contained (inline SVG, no script) and bounded
-in size (< ~100 KB whatever the run length): every series is min/max-decimated to a few dozen points.
+``LiveWidget`` puts it in its output bundle next to the widget view, refreshed as the run goes, so a notebook
+opened without a kernel or widget state (nbconvert HTML, GitHub, a viewer, a closed-and-reopened notebook)
+still shows the result. Self-contained (inline SVG, no script) and bounded in size (< ~100 KB whatever the run
+length): every series is min/max-decimated to a few dozen points. Not the report: the full static HTML report
+file is ``sinks._report``, the plain-text summary ``sinks._text_summary``. Colours are the widget's
+(``palette.json``).
 """
 
 from __future__ import annotations
@@ -13,19 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ptt_nb.events import SEVERITY_RANK
+from ptt_nb.events import NEUTRAL_COLOUR, PALETTE, SEVERITY_COLOURS, SEVERITY_RANK, Severity
 from ptt_nb.monitor._decimate import minmax_decimate
+from ptt_nb.sinks._text_summary import fmt as _fmt
 
 MAX_BYTES = 100_000
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
-SEVERITY_COLORS = {"critical": "#b00020", "high": "#d9480f", "medium": "#e8a400", "low": "#5c7cfa"}
+COLORS: tuple[str, ...] = tuple(PALETTE["series"])[:6]  # the widget's series colours, at most 6 lines a panel
+SEVERITY_COLORS = SEVERITY_COLOURS  # the severity colours of the widget and the report
 W, H = 240, 70
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
 
 
 def _sparkline(monitor: Any, panel: dict[str, Any], buckets: int) -> str:
@@ -62,7 +61,7 @@ def _sparkline(monitor: Any, panel: dict[str, Any], buckets: int) -> str:
         parts, pen = [], "M"
         for a, b in zip(px.tolist(), py.tolist(), strict=True):
             if not math.isfinite(b):  # NaN/Inf: break the line and mark the step in red
-                marks.append(f'<line x1="{a:.1f}" x2="{a:.1f}" y1="0" y2="{H}" stroke="#b00020" '
+                marks.append(f'<line x1="{a:.1f}" x2="{a:.1f}" y1="0" y2="{H}" stroke="{Severity.CRITICAL.colour}" '
                              'stroke-dasharray="2,2" />')
                 pen = "M"
                 continue
@@ -107,7 +106,7 @@ def _render(monitor: Any, max_panels: int, buckets: int, max_alerts: int) -> str
     alerts = sorted(monitor.alerts, key=lambda a: (SEVERITY_RANK.get(a.severity, 9), -a.step))
     rows = []
     for a in alerts[:max_alerts]:
-        color = SEVERITY_COLORS.get(a.severity, "#777")
+        color = SEVERITY_COLORS.get(a.severity, NEUTRAL_COLOUR)
         ref = html.escape(a.reference or "")
         if a.url and a.url.startswith(("https://", "http://")):
             ref = f'<a href="{html.escape(a.url)}">{ref or html.escape(a.url)}</a>'

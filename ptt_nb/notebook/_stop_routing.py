@@ -6,8 +6,8 @@ shell, so the click would wait for the cell to end. On this one widget's comm we
 to the subshell the front-end sent it on instead; its handler then runs on that subshell's thread at once
 (measured ~40 ms). Where the hook does not exist (older ipykernel, other front-ends) nothing is changed and
 messages arrive when the cell ends, as before. The handler is therefore minimal and thread-safe: a stop only
-sets the monitor's ``threading.Event`` (the callback stops at the next step boundary); everything else is
-queued for the dashboard's flush thread.
+calls ``monitor.request_stop`` (a plain attribute set under a lock; ``monitor.stop_requested`` becomes true
+and the callback stops at the next step boundary); everything else is queued for the dashboard's flush thread.
 """
 
 from __future__ import annotations

@@ -18,201 +18,35 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from ptt_nb.events import Alert, Metrics, RankStats, RunEnd, RunStart
+from ptt_nb.events import Alert, Metrics, RankStats, RunEnd, RunStart, json_safe
 from ptt_nb.monitor._decimate import decimate_range, minmax_decimate
 from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.notebook._messages import (  # noqa: F401 - re-exported: the stream's message builders
+    BACKTEST_MAX_MARKERS,
+    BACKTEST_MESSAGE_CHARS,
+    PROTOCOL_STATES,
+    RANK_INTERVALS,
+    STRAGGLER_RULE,
+    alert_message,
+    backtest_entry,
+    rank_block,
+    run_message,
+    samples_per_s,
+    status_message,
+    straggler_ranks,
+    stragglers,
+)
+from ptt_nb.notebook._protocol import AlertMsg, BacktestMsg, DataMsg, InitMsg, PanelSpec, SeriesEntry
+from ptt_nb.rules._backtest import BacktestResult
 
 log = logging.getLogger("ptt_nb")
 
 Send = Callable[[dict[str, Any], list[bytes]], None]
-
-PROTOCOL_STATES = ("running", "stopped_by_user", "auto_stopped", "crashed", "finished", "replay")
-RANK_INTERVALS = 200  # newest rank-stats intervals sent to the heatmap
-BACKTEST_MAX_MARKERS = 500  # per rule: a rule that would fire on every step must not flood the view
-BACKTEST_MESSAGE_CHARS = 200
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/Inf (Jupyter's packer rejects them): None for non-finite floats, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _clean(value.item())
-    return value
-
-
-def _num_text(value: Any) -> Any:
-    """Evidence values: keep NaN/Inf visible as text (they are the point of a non-finite alert)."""
-    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
-        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
-    return _clean(value)
-
-
-def alert_message(alert: Alert, muted: bool) -> dict[str, Any]:
-    """An events.Alert as the protocol's Alert object (reference becomes {text, url})."""
-    return {
-        "id": alert.id,
-        "rule": alert.rule,
-        "severity": alert.severity,
-        "step": alert.step,
-        "message": alert.message,
-        "evidence": {k: _num_text(v) for k, v in (alert.evidence or {}).items()},
-        "action": alert.action,
-        "reference": {"text": alert.reference or "", "url": alert.url},
-        "state": alert.state,
-        "resolved_step": alert.resolved_step,
-        "muted": muted,
-        "panels": list(alert.panels or []),
-    }
-
-
-def samples_per_s(monitor: Monitor) -> float | None:
-    """Throughput in samples/s from steps/s and the recorded batch settings; None when not known."""
-    rate = monitor.status().get("steps_per_s")
-    config = monitor.run.config if monitor.run else {}
-    per_device = config.get("per_device_train_batch_size")
-    if not rate or not per_device:
-        return None
-    accum = config.get("gradient_accumulation_steps") or 1
-    world = monitor.run.world_size if monitor.run else 1
-    return float(rate * per_device * accum * max(1, world or 1))
-
-
-def status_message(monitor: Monitor, replay: bool = False) -> dict[str, Any]:
-    status = dict(monitor.status())
-    state = status.get("state")
-    if state not in PROTOCOL_STATES:  # "idle": no run header yet
-        state = "running"
-    if replay and monitor.end_event is None:
-        state = "replay"
-    status["state"] = state
-    status["samples_per_s"] = samples_per_s(monitor)
-    return _clean(status)
-
-
-def run_message(monitor: Monitor) -> dict[str, Any]:
-    run = monitor.run
-    if run is None:
-        return {"trainer": "", "algorithm": "", "run_dir": str(monitor.run_dir or ""), "world_size": 1}
-    return _clean({
-        "run_id": run.run_id,
-        "trainer": run.trainer,
-        "algorithm": run.algorithm,
-        "run_dir": str(monitor.run_dir or ""),
-        "world_size": run.world_size,
-        "max_steps": run.max_steps,
-        "config": run.config,
-        "versions": run.versions,
-        "resumed_from_step": run.resumed_from_step,
-    })
-
-
-def stragglers(metric_names: list[str], values: dict[str, list[list[float]]], window: int = 5,
-               ratio: float = 1.2) -> list[int]:
-    """Ranks whose compute time (not step time: collectives equalise that) is > ``ratio`` x the median.
-
-    Uses the newest ``window`` intervals of the first metric naming compute time, else step time.
-    """
-    name = next((m for m in metric_names if "compute" in m), None) or next(
-        (m for m in metric_names if "step" in m and "time" in m), None)
-    if name is None or not values.get(name):
-        return []
-    rows = np.asarray(values[name][-window:], dtype=np.float64)
-    if rows.ndim != 2 or rows.shape[1] < 2:
-        return []
-    per_rank = np.nanmedian(rows, axis=0) if np.isfinite(rows).any() else None
-    if per_rank is None:
-        return []
-    median = float(np.nanmedian(per_rank))
-    if not math.isfinite(median) or median <= 0:
-        return []
-    return [int(r) for r in np.flatnonzero(per_rank > ratio * median)]
-
-
-STRAGGLER_RULE = "straggler_rank"
-
-
-def straggler_ranks(monitor: Monitor, metric_names: list[str], values: dict[str, list[list[float]]]) -> list[int]:
-    """The heatmap's flagged ranks agree with the alert feed: the ranks of active ``straggler_rank`` alerts (that
-    rule gates on measured jitter). Only where no such rule ran (a replay without re-evaluation and no recorded
-    alert) does the plain ratio test decide."""
-    alerts = [a for a in monitor.alerts if a.rule == STRAGGLER_RULE]
-    states = getattr(monitor.engine, "states", {})
-    if not alerts and STRAGGLER_RULE not in states:
-        return stragglers(metric_names, values)
-    ranks = set()
-    for a in alerts:
-        rank = (a.evidence or {}).get("rank")
-        if a.state == "active" and isinstance(rank, (int, float)) and math.isfinite(rank):
-            ranks.add(int(rank))
-    return sorted(ranks)
-
-
-def rank_block(monitor: Monitor, intervals: int = RANK_INTERVALS) -> dict[str, Any] | None:
-    """The heatmap's data: newest ``intervals`` RankStats as metric → [[per-rank values] per interval]."""
-    stats = list(monitor.rank_stats[-intervals:])
-    world = max((s.world_size for s in stats), default=monitor.run.world_size if monitor.run else 1)
-    if world <= 1 or not stats:
-        return None
-    names: list[str] = []
-    for s in stats:
-        for name in s.per_rank:
-            if name not in names:
-                names.append(name)
-    values: dict[str, list[list[float | None]]] = {}
-    for name in names:
-        rows = []
-        for s in stats:
-            row = list(s.per_rank.get(name, []))[:world]
-            row += [float("nan")] * (world - len(row))
-            rows.append(row)
-        values[name] = rows
-    return {
-        "world_size": world,
-        "metric_names": names,
-        "steps": [s.step for s in stats],
-        "values": _clean(values),
-        "stragglers": straggler_ranks(monitor, names, values),
-    }
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-
-
-def backtest_entry(rule_id: str, alerts: list[Any]) -> dict[str, Any] | None:
-    """A rule's backtest firings (``events.Alert``-like objects or dicts) as the protocol's Backtest object, None
-    when there are none. Markers of one rule share its panels; severity is the highest among its firings."""
-    firings = sorted((a for a in alerts if isinstance(_get(a, "step"), (int, float))), key=lambda a: _get(a, "step"))
-    if not firings:
-        return None
-    shown = firings[:BACKTEST_MAX_MARKERS]
-    panels: list[str] = []
-    for a in firings:
-        for pid in _get(a, "panels") or []:
-            if pid not in panels:
-                panels.append(str(pid))
-    rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
-    severity = min((str(_get(a, "severity") or "low") for a in firings), key=lambda s: rank.get(s, 4))
-    return _clean({
-        "rule": str(rule_id),
-        "severity": severity,
-        "panels": panels,
-        "steps": [int(_get(a, "step")) for a in shown],
-        "resolved_steps": [_get(a, "resolved_step") for a in shown],
-        "messages": [str(_get(a, "message") or "")[:BACKTEST_MESSAGE_CHARS] for a in shown],
-        "total": len(firings),
-    })
-
 
 def _f64(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f8").tobytes()
@@ -242,7 +76,7 @@ class Stream:
         self._sent: dict[tuple[str, str], tuple[int, int]] = {}  # (split, key) → (points sent, compacted)
         # rule id → Backtest object: markers of %%ptt backtests, display only (never in monitor.alerts). Replaced
         # as a whole dict (copy on write) by the kernel thread, read by the flush thread.
-        self._backtest: dict[str, dict[str, Any]] = {}
+        self._backtest: dict[str, BacktestMsg] = {}
         self._backtest_changed = False
         self._panels_sig: str | None = None
         self._series: list[tuple[str, str]] = []
@@ -270,14 +104,18 @@ class Stream:
             self._requests.append(msg)
             self._wake.set()
 
-    def set_backtest(self, rule_id: str, alerts: list[Any]) -> None:
-        """Show ``alerts`` (a backtest's firings) as markers of ``rule_id``, replacing that rule's earlier ones; an
-        empty list clears them. Display only: nothing reaches the Monitor (they did not happen)."""
-        entry = backtest_entry(rule_id, alerts)
+    def set_backtest(self, rule_id: str, backtest: BacktestResult | Iterable[Any]) -> None:
+        """Show a backtest (a ``BacktestResult``, or its marker alerts: ``BacktestResult.from_alerts``) as markers of
+        ``rule_id``, replacing that rule's earlier ones; no episode clears them. Display only: nothing reaches the
+        Monitor (they did not happen)."""
+        if not isinstance(backtest, BacktestResult):
+            backtest = BacktestResult.from_alerts(rule_id, backtest)
+        entry = backtest_entry(backtest)
         markers = dict(self._backtest)
         if entry is None:
             markers.pop(rule_id, None)
         else:
+            entry["rule"] = str(rule_id)
             markers[rule_id] = entry
         self._backtest = markers
         self._backtest_changed = True
@@ -293,7 +131,7 @@ class Stream:
             self.set_backtest(rule_id, [])
 
     @property
-    def backtest(self) -> list[dict[str, Any]]:
+    def backtest(self) -> list[BacktestMsg]:
         """The backtest markers a view currently gets (one Backtest object per rule)."""
         return list(self._backtest.values())
 
@@ -338,13 +176,13 @@ class Stream:
                     log.warning("ptt_nb: dashboard update failed (%s)", message, exc_info=True)
 
     # -- building messages --------------------------------------------------------------------------------
-    def _emit(self, content: dict[str, Any], buffers: list[bytes] | None = None) -> None:
+    def _emit(self, content: InitMsg | DataMsg, buffers: list[bytes] | None = None) -> None:
         buffers = buffers or []
-        self._send(content, buffers)
+        self._send(dict(content), buffers)
         self.sent_messages += 1
         self.sent_bytes += sum(len(b) for b in buffers)
 
-    def _panels(self) -> list[dict[str, Any]]:
+    def _panels(self) -> list[PanelSpec]:
         for _ in range(5):  # the training thread may add a key while we iterate the history's dict
             try:
                 return self.monitor.panels()
@@ -356,7 +194,7 @@ class Stream:
         state = self.monitor.engine.states.get(rule) if hasattr(self.monitor.engine, "states") else None
         return bool(getattr(state, "muted", False))
 
-    def _alerts(self, alerts: list[Alert]) -> list[dict[str, Any]]:
+    def _alerts(self, alerts: list[Alert]) -> list[AlertMsg]:
         return [alert_message(a, self._muted(a.rule)) for a in alerts]
 
     def _read(self, key: str, split: str) -> tuple[np.ndarray, np.ndarray, int, int] | None:
@@ -367,19 +205,19 @@ class Stream:
         compacted = series.compacted
         return series.steps[:n], series.values[:n], n, compacted
 
-    def init_message(self) -> dict[str, Any]:
+    def init_message(self) -> InitMsg:
         monitor = self.monitor
         return {
             "type": "init",
             "run": run_message(monitor),
-            "panels": _clean(self._panels()),
+            "panels": json_safe(self._panels()),
             "status": status_message(monitor, self.replay),
             "alerts": self._alerts(list(monitor.alerts)),
             "ranks": rank_block(monitor),
             "backtest": self.backtest,
         }
 
-    def _set_panels(self, panels: list[dict[str, Any]]) -> None:
+    def _set_panels(self, panels: list[PanelSpec]) -> None:
         seen: list[tuple[str, str]] = []
         for panel in panels:
             for s in panel.get("series", []):
@@ -397,7 +235,8 @@ class Stream:
         init = self.init_message()
         self._set_panels(init["panels"])
         self._emit(init)
-        entries, buffers = [], []
+        entries: list[SeriesEntry] = []
+        buffers: list[bytes] = []
         for split, key in self._series:
             got = self._read(key, split)
             if got is None:
@@ -407,7 +246,7 @@ class Stream:
             entries.append({"panel": None, "key": key, "split": split, "mode": "replace", "n": int(s.shape[0])})
             buffers += [_f64(s), _f64(v)]
             self._sent[(split, key)] = (n, compacted)
-        self._emit({"type": "data", "series": entries, "alerts": [], "status": None}, buffers)
+        self._emit(DataMsg(type="data", series=entries, alerts=[], status=None), buffers)
         self.ready = True
 
     def zoom(self, panel_id: str, x0: float | None, x1: float | None) -> None:
@@ -415,7 +254,8 @@ class Stream:
         panel = next((p for p in self._panels() if p.get("id") == panel_id), None)
         if panel is None:
             return
-        entries, buffers = [], []
+        entries: list[SeriesEntry] = []
+        buffers: list[bytes] = []
         for s in panel.get("series", []):
             split = s.get("split", "train")
             got = self._read(s["key"], split)
@@ -427,7 +267,7 @@ class Stream:
                             "n": int(st.shape[0])})
             buffers += [_f64(st), _f64(va)]
         if entries:
-            self._emit({"type": "data", "series": entries, "alerts": [], "status": None}, buffers)
+            self._emit(DataMsg(type="data", series=entries, alerts=[], status=None), buffers)
 
     def flush(self) -> None:
         """Answer queued requests, then send one ``data`` message with everything new since the last flush."""
@@ -466,7 +306,8 @@ class Stream:
         if dirty and _signature(self._panels()) != self._panels_sig:  # a new key: new panels, rebuild
             self.send_init()
             return
-        entries, buffers = [], []
+        entries: list[SeriesEntry] = []
+        buffers: list[bytes] = []
         if dirty:
             for split, key in self._series:
                 got = self._read(key, split)
@@ -495,7 +336,7 @@ class Stream:
         backtest_changed, self._backtest_changed = self._backtest_changed, False
         if not entries and not latest and status is None and not backtest_changed:
             return
-        content = {"type": "data", "series": entries, "alerts": self._alerts(list(latest.values())), "status": status}
+        content = DataMsg(type="data", series=entries, alerts=self._alerts(list(latest.values())), status=status)
         if ranks_changed:  # absent "ranks" means unchanged; null would hide the heatmap
             content["ranks"] = rank_block(monitor)
         if backtest_changed:  # absent "backtest" means unchanged; present, it replaces every rule's markers
@@ -505,8 +346,7 @@ class Stream:
             log.debug("ptt_nb: dashboard sent the run end")
 
 
-
-def _signature(panels: list[dict[str, Any]]) -> str:
+def _signature(panels: list[PanelSpec]) -> str:
     return repr([(p.get("id"), [(s["key"], s.get("split")) for s in p.get("series", [])]) for p in panels])
 
 

@@ -19,6 +19,7 @@ from ptt_nb.monitor._monitor import Monitor
 from ptt_nb.notebook._static_fallback import summary_html
 from ptt_nb.notebook._stop_routing import make_handler, route_to_sender_subshell
 from ptt_nb.notebook._stream import Stream
+from ptt_nb.rules._backtest import BacktestResult
 
 log = logging.getLogger("ptt_nb")
 
@@ -88,11 +89,14 @@ class Dashboard(anywidget.AnyWidget):
         self._shown_in = _execution_count()
         return handle
 
-    def show_backtest(self, rule_id: str, alerts: list[Any]) -> None:
-        """Draw a ``%%ptt`` backtest's firings (Alert-like, ``state="backtest"``) as markers on their panels,
-        replacing earlier markers of ``rule_id`` (an empty list clears them). They are display only: never added
-        to ``monitor.alerts`` nor written to the run folder, and a re-rendered view gets them again in ``init``."""
-        self.stream.set_backtest(rule_id, alerts)
+    takes_backtest_results = True  # show_backtest takes a rules._backtest.BacktestResult (%%ptt passes it)
+
+    def show_backtest(self, rule_id: str, backtest: BacktestResult | list[Any]) -> None:
+        """Draw a ``%%ptt`` backtest (a ``BacktestResult``, or its marker alerts: Alert-like, ``state="backtest"``)
+        as markers on its panels, replacing earlier markers of ``rule_id`` (no episode clears them). They are
+        display only: never added to ``monitor.alerts`` nor written to the run folder, and a re-rendered view gets
+        them again in ``init``."""
+        self.stream.set_backtest(rule_id, backtest)
 
     def clear_backtest(self, rule_id: str | None = None) -> None:
         """Remove the backtest markers of ``rule_id`` (of every rule when None), e.g. after ``%ptt remove``."""

@@ -20,31 +20,72 @@ from ptt_nb.rules._custom import DslRule, FunctionRule, as_rules, known_keys, me
 from ptt_nb.rules._dsl import split_of
 from ptt_nb.rules._engine import Context, Engine, Rule, RuleError
 
+EXAMPLES = 3  # episodes whose evidence and message ``examples``/``messages`` list
+SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+@dataclass
+class Firing:
+    """One episode of a backtest: where the rule's alert opened, where it resolved (None: still open at the end of
+    the history), and that alert's severity, message and evidence."""
+
+    step: int
+    resolved_step: int | None
+    severity: str
+    message: str
+    evidence: dict[str, float] = field(default_factory=dict)
+
 
 @dataclass
 class BacktestResult:
-    """What a rule would have done on a recorded history."""
+    """What a rule would have done on a recorded history: the one backtest result type, from ``backtest`` through
+    the ``%%ptt`` table to the dashboard's ``backtest`` message (``notebook._messages.backtest_entry``)."""
 
     rule_id: str
-    severity: str
-    steps: list[int] = field(default_factory=list)  # steps where an episode opened
-    episodes: list[tuple[int, int | None]] = field(default_factory=list)  # (opened, resolved or None if open)
-    examples: list[dict[str, float]] = field(default_factory=list)  # evidence of the first few episodes
-    messages: list[str] = field(default_factory=list)  # messages of the first few episodes
+    firings: list[Firing] = field(default_factory=list)  # the episodes, in step order
+    severity: str = ""  # the rule's severity ("" for a result rebuilt from marker alerts)
     alerts: list[Alert] = field(default_factory=list)  # every alert event (opened, resolved, rule_error)
     log_points: int = 0  # log points replayed
     checked: int = 0  # log points at which the rule ran (one of its keys present, its split)
     error: str | None = None  # the rule raised and would have been disabled (with the step)
     warnings: list[str] = field(default_factory=list)
+    keys: tuple[str, ...] = ()  # the keys the rule reads
+    panels: tuple[str, ...] = ()  # dashboard panels to mark (the rule's own, else those plotting its keys)
     elapsed_s: float = 0.0
 
     @property
+    def steps(self) -> list[int]:
+        """Steps where an episode opened."""
+        return [f.step for f in self.firings]
+
+    @property
+    def episodes(self) -> list[tuple[int, int | None]]:
+        """(opened, resolved or None if still open) per episode."""
+        return [(f.step, f.resolved_step) for f in self.firings]
+
+    @property
+    def examples(self) -> list[dict[str, float]]:
+        """Evidence of the first few episodes."""
+        return [dict(f.evidence) for f in self.firings[:EXAMPLES]]
+
+    @property
+    def messages(self) -> list[str]:
+        """Messages of the first few episodes."""
+        return [f.message for f in self.firings[:EXAMPLES]]
+
+    @property
     def count(self) -> int:
-        return len(self.steps)
+        return len(self.firings)
 
     @property
     def first_step(self) -> int | None:
         return self.steps[0] if self.steps else None
+
+    @property
+    def top_severity(self) -> str:
+        """The highest severity among the episodes (the rule's when there are none)."""
+        return min((f.severity or "low" for f in self.firings), key=lambda s: SEVERITY_RANK.get(s, 4),
+                   default=self.severity or "low")
 
     def summary(self) -> str:
         if self.error:
@@ -57,8 +98,39 @@ class BacktestResult:
                     f"(steps {shown})")
         return "\n".join([head, *self.warnings])
 
+    @classmethod
+    def from_alerts(cls, rule_id: str, alerts: Any) -> BacktestResult:
+        """A result rebuilt from alert-like objects (``events.Alert`` or dicts): the marker alerts of
+        ``notebook._cell_rules.marker_alerts`` (state ``backtest``, one per episode, ``resolved_step`` set) or
+        a rule's alert events (``active`` opens an episode, ``resolved`` ends the open one)."""
+        result = cls(rule_id=str(rule_id))
+        panels: list[str] = []
+        for a in sorted((a for a in alerts or () if isinstance(_get(a, "step"), (int, float))),
+                        key=lambda a: _get(a, "step")):
+            _add_episode(result, a)
+            for pid in _get(a, "panels") or []:
+                if str(pid) not in panels:
+                    panels.append(str(pid))
+        result.panels = tuple(panels)
+        return result
 
-EXAMPLES = 3
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+def _add_episode(result: BacktestResult, alert: Any) -> None:
+    """Fold one alert event into ``result.firings``."""
+    state = _get(alert, "state")
+    if state == "resolved":
+        if result.firings and result.firings[-1].resolved_step is None:
+            result.firings[-1].resolved_step = _get(alert, "resolved_step")
+        return
+    resolved = _get(alert, "resolved_step") if state == "backtest" else None
+    result.firings.append(Firing(int(_get(alert, "step")), resolved, str(_get(alert, "severity") or "low"),
+                                 str(_get(alert, "message") or ""), dict(_get(alert, "evidence") or {})))
+
+
 
 
 def backtest(rule: Any, history: MetricHistory, *, algorithm: str = "generic", config: dict[str, Any] | None = None,
@@ -179,7 +251,8 @@ def _run(rule: Rule, history: MetricHistory, algorithm: str, config: dict[str, A
     if isinstance(rule, DslRule):
         rule.warnings = []
         rule._warned = True  # warnings go into the result instead of the log
-    result = BacktestResult(rule_id=rule.id, severity=rule.severity)
+    result = BacktestResult(rule_id=rule.id, severity=rule.severity, keys=tuple(rule.keys),
+                            panels=tuple(getattr(rule, "panels", ()) or ()))
     if isinstance(rule, DslRule):
         result.warnings = metric_warnings(rule, known_keys(algorithm, history))
         keys = list(dict.fromkeys([*rule.metric_keys, *rule.keys]))
@@ -210,14 +283,7 @@ def _run(rule: Rule, history: MetricHistory, algorithm: str, config: dict[str, A
         result.alerts.append(alert)
         if alert.rule == "rule_error":
             result.error = f"{state.disabled} (at step {alert.step})"
-        elif alert.state == "active":
-            result.steps.append(alert.step)
-            result.episodes.append((alert.step, None))
-            if len(result.examples) < EXAMPLES:
-                result.examples.append(dict(alert.evidence))
-                result.messages.append(alert.message)
-        elif alert.state == "resolved" and result.episodes:
-            opened, _ = result.episodes[-1]
-            result.episodes[-1] = (opened, alert.resolved_step)
+        elif alert.state in ("active", "resolved"):
+            _add_episode(result, alert)
     result.elapsed_s = time.perf_counter() - t0
     return result

@@ -1,6 +1,7 @@
 // Bundle src/widget.js (+ BokehJS) into one ES module for anywidget's _esm.
 // --keep-names matters: BokehJS registers models by class name, and a
 // minifier that renames classes makes registrations collide.
+// src/colors.js imports ../ptt_nb/palette.json (the colours Python uses too): the json loader inlines it.
 import * as esbuild from "esbuild";
 
 const opts = {
@@ -10,6 +11,7 @@ const opts = {
   minify: true,
   keepNames: true,
   target: "es2022",
+  loader: { ".json": "json" },
   outfile: "../ptt_nb/static/widget.js",
   legalComments: "eof",
   logLevel: "info",

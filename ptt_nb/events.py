@@ -6,15 +6,53 @@ reader can skip what it does not understand instead of failing on it.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
+from importlib import resources
 from typing import Any
 
 SCHEMA_VERSION = 1
 
-SEVERITIES = ("critical", "high", "medium", "low")
-SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+# ptt_nb's colours (severities, run states, plot series), shared with the widget bundle (js/src/colors.js)
+PALETTE: dict[str, Any] = json.loads(resources.files("ptt_nb").joinpath("palette.json").read_text(encoding="utf-8"))
+
+
+class Severity(str, Enum):
+    """How bad an alert is, most severe first: the definition order is the rank (``critical`` = 0).
+
+    A ``str`` enum, so a member is its value: it compares equal to ``"critical"``, serialises to JSON as
+    ``"critical"``, and ``Alert.severity`` stays a plain string on disk. ``colour`` comes from ``palette.json``,
+    the same file the widget's colours come from.
+    """
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def rank(self) -> int:
+        """0 for the most severe; sort alerts by it."""
+        return SEVERITY_RANK[self.value]
+
+    @property
+    def colour(self) -> str:
+        return PALETTE["severity"][self.value]
+
+
+SEVERITIES: tuple[str, ...] = tuple(s.value for s in Severity)  # the values, most severe first
+SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
+SEVERITY_COLOURS: dict[str, str] = {s.value: s.colour for s in Severity}
+NEUTRAL_COLOUR: str = PALETTE["neutral"]  # grey: for a severity (or state) this version does not know
 
 # Why a run ended. "finished" is the only clean end; every other reason leaves a postmortem.
 END_REASONS = (
@@ -165,3 +203,18 @@ def decode_float(value: Any) -> float:
     if isinstance(value, str):
         return float(value.replace("Infinity", "inf"))
     return float(value)
+
+
+def json_safe(value: Any, *, keep_nonfinite: bool = False) -> Any:
+    """``value`` made JSON-safe for a Jupyter message (whose packer rejects NaN/Inf), recursively through dicts,
+    lists and tuples, numpy scalars becoming Python numbers: a non-finite float becomes None, or with
+    ``keep_nonfinite`` its ``encode_float`` text ("NaN", "Infinity", "-Infinity")."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else (encode_float(value) if keep_nonfinite else None)
+    if isinstance(value, dict):
+        return {k: json_safe(v, keep_nonfinite=keep_nonfinite) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, keep_nonfinite=keep_nonfinite) for v in value]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return json_safe(value.item(), keep_nonfinite=keep_nonfinite)
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ptt_nb.events import Alert, RankStats, RunStart
+from ptt_nb.events import SEVERITIES, Alert, RankStats, RunStart, Severity
 from ptt_nb.monitor._monitor import Monitor
 from ptt_nb.sinks import _postmortem as postmortem
 from ptt_nb.sinks._report import (
@@ -263,3 +264,24 @@ def test_report_of_an_unfinished_run_without_end_or_metrics(tmp_path: Path) -> N
     assert "No metric was logged" in text and "no run_end event" in text
     with pytest.raises(ValueError):
         write_report(Monitor(), tmp_path / "none.html")
+
+
+def test_one_palette_for_the_widget_the_report_and_the_notebook_fallback() -> None:
+    """palette.json is the only source of colours: Severity, the report, the fallback and the JS bundle agree."""
+    from ptt_nb.notebook._static_fallback import SEVERITY_COLORS, summary_html
+    from ptt_nb.sinks._report_html import CSS
+
+    root = Path(__file__).resolve().parents[1]
+    palette = json.loads((root / "ptt_nb" / "palette.json").read_text(encoding="utf-8"))
+    assert tuple(palette["severity"]) == SEVERITIES == tuple(s.value for s in Severity)  # the file is in rank order
+    assert [s.rank for s in Severity] == list(range(len(SEVERITIES)))
+    bundle = (root / "ptt_nb" / "static" / "widget.js").read_text(encoding="utf-8")
+    for sev in Severity:
+        colour = palette["severity"][sev.value]
+        assert sev.colour == colour == SEVERITY_COLOURS[sev] == SEVERITY_COLORS[sev]
+        assert f'{sev.value}:"{colour}"' in bundle, f"rebuild the bundle (cd js && npm run build): {sev.value}"
+        assert f".sev-{sev.value}{{background:{colour}}}" in CSS
+    for name, colour in palette["state"].items():
+        assert f'{name}:"{colour}"' in bundle
+    fallback = summary_html(make_synthetic_monitor(steps=200, rank_every=0))
+    assert Severity.CRITICAL.colour in fallback and Severity.MEDIUM.colour in fallback

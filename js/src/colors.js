@@ -1,21 +1,14 @@
-// One place for colours so the feed, the plot markers and the badges agree.
+// One place for colours so the feed, the plot markers and the badges agree. The values live in
+// ptt_nb/palette.json, shared with the Python side (the HTML report, the static notebook summary), and
+// esbuild inlines that file into the bundle.
+import palette from "../../ptt_nb/palette.json";
 
-export const SEVERITY = {
-  critical: "#d62728",
-  high: "#ff7f0e",
-  medium: "#c9a100",
-  low: "#1f77b4",
-};
-export const SEVERITY_RANK = { critical: 0, high: 1, medium: 2, low: 3 };
+// severity -> colour, most severe first (the file lists them in rank order)
+export const SEVERITY = Object.freeze({ ...palette.severity });
+export const SEVERITY_RANK = Object.freeze(Object.fromEntries(Object.keys(palette.severity).map((s, i) => [s, i])));
 
-export const STATE = {
-  running: "#2ca02c",
-  stopped_by_user: "#7f7f7f",
-  auto_stopped: "#ff7f0e",
-  crashed: "#d62728",
-  finished: "#1f77b4",
-  replay: "#9467bd",
-};
+// run state -> badge colour
+export const STATE = Object.freeze({ ...palette.state });
 
 // Category10 minus red/orange, which mean "alert" in this UI.
-export const SERIES = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
+export const SERIES = Object.freeze([...palette.series]);

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from ptt_nb.events import Alert, Control, Event, RunEnd, RunStart
+from ptt_nb.events import Alert, Control, Event, RunEnd, RunStart, Severity
 
 log = logging.getLogger("ptt_nb.alerts")
 status_log = logging.getLogger("ptt_nb.status")
 
-LEVELS = {"critical": logging.CRITICAL, "high": logging.ERROR, "medium": logging.WARNING, "low": logging.INFO}
+# the logging level of each severity (a str enum: ``LEVELS["high"]`` works too)
+LEVELS = {Severity.CRITICAL: logging.CRITICAL, Severity.HIGH: logging.ERROR, Severity.MEDIUM: logging.WARNING,
+          Severity.LOW: logging.INFO}
 
 
 def format_alert(alert: Alert) -> str:

@@ -1,6 +1,11 @@
-"""A one-screen text summary of a run, shared by ``ptt-nb summary``, ``ptt-nb watch`` and the magics.
+"""The text end-of-run summary: one screen of plain text about a run (state, latest key metrics, alerts,
+postmortem).
 
-Plain text on purpose: it must read the same in a terminal, a log file and a notebook cell's output.
+Used on the command line: ``ptt-nb summary RUN_DIR`` prints it, ``ptt-nb watch --once`` prints it for the
+run so far, ``ptt-nb demo`` at the end of the demo run; ``summarize()`` gives it to anyone else. Plain text on
+purpose: it must read the same in a terminal, a log file and a notebook cell's output. The two HTML summaries
+are elsewhere: ``sinks._report`` (the report file) and ``notebook._static_fallback`` (what a notebook shows
+when the widget cannot render). ``fmt`` here is the number formatting all three share.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import os
 import textwrap
 from typing import Any
 
-from ptt_nb.events import SEVERITIES, Alert
+from ptt_nb.events import SEVERITIES, Alert, encode_float
 from ptt_nb.monitor._monitor import Monitor
 
 MAX_KEY_METRICS = 10
@@ -19,11 +24,13 @@ PER_RULE = 3
 WIDTH = 100
 
 
-def fmt(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
+def fmt(value: Any) -> str:
+    """A value for people: floats to 4 significant digits, NaN/Inf spelled as ``events.jsonl`` spells them
+    (``events.encode_float``: ``NaN``, ``Infinity``, ``-Infinity``), anything else as ``str()``."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if not math.isfinite(value):
+        return str(encode_float(value))
     return f"{value:.4g}"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ptt_nb._layout import EVENTS_FILE
-from ptt_nb.events import Alert, Event, Metrics
+from ptt_nb.events import Alert, Event, Metrics, encode_float, json_safe
 
 try:  # orjson is ~10x faster than json.dumps, which matters at one line per training step
     import orjson
@@ -38,25 +38,15 @@ log = logging.getLogger("ptt_nb")
 MAX_HELD = 16
 
 
-def _finite_or_str(values: dict[str, float]) -> dict[str, Any]:
+def _encoded(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with NaN/Inf as strings, through the one codec (``events.encode_float``); non-numbers stay."""
     out = {}
     for k, v in values.items():
-        if v != v:
-            out[k] = "NaN"
-        elif v == math.inf:
-            out[k] = "Infinity"
-        elif v == -math.inf:
-            out[k] = "-Infinity"
-        else:
+        try:
+            out[k] = encode_float(v)
+        except TypeError:  # not a number (a newer writer's evidence, say): JSON as it is
             out[k] = v
     return out
-
-
-def _has_nonfinite(values: dict[str, float]) -> bool:
-    for v in values.values():
-        if v != v or v == math.inf or v == -math.inf:
-            return True
-    return False
 
 
 def encode_event(event: Event) -> bytes:
@@ -67,9 +57,9 @@ def encode_event(event: Event) -> bytes:
         # orjson writes NaN/Inf as null and a metric value is never None: only then re-encode (rare path)
         if b"null" not in line:
             return line
-        data = {**data, "values": _finite_or_str(event.values)}
-    elif isinstance(event, Alert) and _has_nonfinite(event.evidence):
-        data = {**data, "evidence": _finite_or_str(event.evidence)}
+        data = {**data, "values": _encoded(event.values)}
+    elif isinstance(event, Alert) and event.evidence:  # alerts are rare: always through the codec
+        data = {**data, "evidence": _encoded(event.evidence)}
     return _line(data)
 
 
@@ -176,23 +166,10 @@ class RunWriter:
                     self._fd = None
 
 
-def json_safe(obj: Any) -> Any:
-    """Strict JSON: non-finite floats become "NaN"/"Infinity" strings, anything unknown its str()."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else ("NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity"))
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)
-
-
 def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write via a temporary file and rename, so a reader never sees half a postmortem."""
     path = Path(path)
-    data = json_safe(data)
+    data = json_safe(data, keep_nonfinite=True)  # NaN/Inf as their encode_float strings; default=str the rest
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str, allow_nan=False)

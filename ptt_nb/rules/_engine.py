@@ -79,6 +79,7 @@ class Rule:
     cooldown: int = 0  # steps after a resolved episode before a new one may open
     warmup_steps: int = 0  # findings before this global step are ignored (the check still runs: state updates)
     warmup_frac: float = 0.0  # ... and before this fraction of max_steps (when max_steps is known)
+    for_logs: int = 1  # consecutive checked log points the condition must hold before an episode opens
     once: bool = False  # after its first episode opens, the rule is never checked again (episode stays open)
     is_active: bool = False  # set by the engine: an episode of this rule is open (see HOLD)
     inert: bool = False  # set in ``on_start`` when the run's config makes the rule moot: it is then never checked
@@ -104,6 +105,7 @@ class RuleState:
     disabled: str | None = None
     seen_key: bool = False
     done: bool = False  # a ``once`` rule that has fired
+    streak: int = 0  # consecutive checks whose condition held (the engine's persistence: ``Rule.for_logs``)
 
 
 class Engine:
@@ -199,9 +201,14 @@ class Engine:
                 self._disable(state, exc, out)
                 continue
             if finding is None:
+                state.streak = 0
                 if state.active is not None:
                     self._resolve(state, step, out)
-            elif finding is not HOLD or state.active is None:
+                continue
+            state.streak += 1
+            if state.active is None and state.streak < state.rule.for_logs:
+                continue
+            if finding is not HOLD or state.active is None:
                 self._found(state, finding, out)
         return out
 
@@ -235,9 +242,13 @@ class Engine:
             self._disable(state, exc, out)
             return
         if finding is not None:
-            self._found(state, finding, out)
-        elif state.active is not None:
-            self._resolve(state, self.ctx.step, out)
+            state.streak += 1
+            if state.active is not None or state.streak >= state.rule.for_logs:
+                self._found(state, finding, out)
+        else:
+            state.streak = 0
+            if state.active is not None:
+                self._resolve(state, self.ctx.step, out)
 
     def _disable(self, state: RuleState, exc: Exception, out: list[Alert]) -> None:
         state.disabled = f"{type(exc).__name__}: {exc}"

@@ -475,7 +475,7 @@ def test_spike_prefilter_misses_nothing_the_exact_test_finds(shape: str) -> None
     """The cheap running bound only decides when to compute the exact median/MAD: the spikes found must be exactly
     those a brute-force robust z over the previous 50 points finds."""
     np = pytest.importorskip("numpy")
-    from ptt_nb.rules._catalog import _SpikeDetector
+    from ptt_nb.rules._catalog_optimisation import _SpikeDetector
 
     rng = random.Random(7)
     xs = []

@@ -38,7 +38,7 @@ from ptt_nb.notebook._magic_helpers import (  # noqa: F401 - LINE_HELP, Table: r
     snapshot_history,
 )
 from ptt_nb.notebook._session import SESSION, RuleSource, wait_for_run, wait_job  # noqa: F401 - wait_job: re-exported
-from ptt_nb.notebook._training_job import ensure_callback, job_outcome
+from ptt_nb.notebook._training_job import job_outcome
 from ptt_nb.rules._backtest import BacktestResult
 
 REGISTER_WAIT_S = 20.0  # how long ``%ptt train`` waits for train begin before returning without a dashboard
@@ -449,3 +449,14 @@ def unregister(ipython: Any) -> None:
         pass
 
 
+def ensure_callback(trainer: Any) -> tuple[Any, bool]:
+    """The trainer's DiagnosticsCallback, added when it has none (then True). Here, not in ``_training_job``:
+    the callback announces its run to the session, which owns the job, so the job must not import it."""
+    from ptt_nb.sources._callback import DiagnosticsCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, DiagnosticsCallback):
+            return cb, False
+    cb = DiagnosticsCallback()
+    trainer.add_callback(cb)
+    return cb, True

@@ -44,18 +44,6 @@ class TrainingJob:
         return not self.thread.is_alive()
 
 
-def ensure_callback(trainer: Any) -> tuple[Any, bool]:
-    """The trainer's DiagnosticsCallback, added when it has none (then True)."""
-    from ptt_nb.sources._callback import DiagnosticsCallback
-
-    for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, DiagnosticsCallback):
-            return cb, False
-    cb = DiagnosticsCallback()
-    trainer.add_callback(cb)
-    return cb, True
-
-
 def job_outcome(job: TrainingJob) -> str:
     """One line: how a background run ended, with its postmortem when it crashed."""
     monitor = getattr(job.callback, "monitor", None)

@@ -23,12 +23,12 @@ from ptt_nb.events import RunStart
 from ptt_nb.monitor import _profiles as profiles
 from ptt_nb.monitor._monitor import Monitor
 from ptt_nb.rules import _catalog  # noqa: F401 - import the rule catalog now, not on the run's clock
-from ptt_nb.rules._catalog import run_facts  # model size / PEFT / KTO label counts for config-time rules
 from ptt_nb.sinks import _postmortem as postmortem
 from ptt_nb.sinks._console import ConsoleSink
 from ptt_nb.sinks._writer import RunWriter
 from ptt_nb.sources import _environment as environment
 from ptt_nb.sources._crash_guard import CrashGuard
+from ptt_nb.sources._run_facts import run_facts  # model size / PEFT / KTO label counts for config-time rules
 
 log = logging.getLogger("ptt_nb")
 

@@ -161,7 +161,6 @@ def rule_costs(name: str, steps: int = 5000) -> list[tuple[str, float]]:
             t0 = clock()
             finding = check(ctx)
             cost.setdefault(state.rule.id, []).append(clock() - t0)
-            state.rule.is_active = finding is not None  # as the engine would tell it
             if finding is not None and state.rule.once:
                 done.add(state.rule.id)  # the engine stops checking a `once` rule after it fires
     # `once` rules that fired early (3 calls) are left out: the engine no longer checks them

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ptt_nb.rules._catalog_common import GRAD_PANELS, LOSS_PANELS, LR_PANELS, _g, _lr
-from ptt_nb.rules._engine import HOLD, Context, Finding, Rule
+from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._nonfinite import NonFiniteValues
 from ptt_nb.rules._references import cite
 from ptt_nb.rules._windows import Window, finite
@@ -135,8 +135,6 @@ class LossSpike(Rule):
         waited += 1
         self.pending[split] = (step0, med, z, waited)
         sev = "high" if waited >= 20 else None
-        if self.is_active and sev is None:
-            return HOLD
         return Finding(f"{key} spiked at step {step0} (robust z {z:.1f}) and is still {_g(x)}, above 1.1x the "
                        f"pre-spike median {_g(med)}{' after 20 logs: not recovering' if sev else ''}.",
                        {key: x, "median_w50": med, "robust_z": z, "logs_since_spike": waited}, severity=sev)
@@ -191,8 +189,6 @@ class GradNormSpike(Rule):
         z = hit[0] if hit else math.nan
         self.spike_step = ctx.step
         self.since = 0
-        if self.is_active:
-            return HOLD
         return Finding(f"grad_norm = {_g(g)} at step {ctx.step} is {_g(ratio)}x the median of the last 50 logs"
                        f"{f' (robust z of log g {z:.1f})' if hit else ''}.",
                        {"grad_norm": g, "median_w50": med if med else math.nan, "ratio": ratio, "robust_z_log": z})
@@ -207,28 +203,20 @@ class GradNormZero(Rule):
               "zero advantages (GRPO groups with identical rewards).")
     reference, url = cite("trl#3857")
     panels = GRAD_PANELS
-
-    def __init__(self) -> None:
-        self.streak = 0
+    for_logs = 3
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
         g = v["grad_norm"]
         if not -1e-12 < g < 1e-12:  # also for NaN
-            self.streak = 0
             return None
         lr = _lr(v)
         if lr is not None and lr <= 0:  # lr = 0 is lr_schedule_anomaly's finding
-            self.streak = 0
             return None
-        self.streak += 1
-        if self.streak < 3:
-            return None
-        if self.is_active:
-            return HOLD
         lr_text = _g(lr) if lr is not None else "?"
-        return Finding(f"grad_norm = {g:g} for {self.streak} logs while learning_rate = {lr_text}: no gradient flows.",
-                       {"grad_norm": g, "learning_rate": lr if lr is not None else math.nan, "logs": self.streak})
+        return Finding(f"grad_norm = {g:g} for {self.held_logs} logs while learning_rate = {lr_text}: no gradient "
+                       "flows.",
+                       {"grad_norm": g, "learning_rate": lr if lr is not None else math.nan, "logs": self.held_logs})
 
 
 class GradClipSaturation(Rule):
@@ -264,8 +252,6 @@ class GradClipSaturation(Rule):
                 return None
         clipped = self.mask.bit_count()
         if clipped >= 25:
-            if self.is_active:
-                return HOLD
             return Finding(f"grad_norm exceeded max_grad_norm = {_g(self.max_norm)} in {clipped / 50:.0%} of the "
                            f"last 50 logs (now {_g(g)}).", {"clipped_fraction_w50": clipped / 50,
                                                             "grad_norm": g, "max_grad_norm": self.max_norm})
@@ -313,8 +299,6 @@ class LrWarmupMissing(Rule):
         if lr is None or self.peak is None or self.warm:
             return None
         if lr >= 0.9 * self.peak:
-            if self.is_active:
-                return HOLD
             return Finding(f"The first logged learning rate {lr:g} is already ≥ 0.9x the peak {self.peak:g} and no "
                            "warm-up is configured.", {"learning_rate": lr, "peak": self.peak})
         return None
@@ -336,7 +320,6 @@ class LrScheduleAnomaly(Rule):
     def __init__(self) -> None:
         self.zeros = 0
         self.same = 0
-        self.kind = ""
         self.prev: float | None = None
         self.scheduler: str | None = None
         self.warmup = 0.0
@@ -373,17 +356,11 @@ class LrScheduleAnomaly(Rule):
             return None
         m = ctx.max_steps
         if self.zeros >= 3 and (not m or ctx.step < 0.99 * m):
-            if self.is_active and self.kind == "zero":
-                return HOLD
-            self.kind = "zero"
             return Finding(f"learning_rate = 0 for {self.zeros} logs at step {ctx.step}"
                            f"{f' of {m}' if m else ''}: nothing is being learned.",
                            {"learning_rate": lr, "zero_logs": self.zeros})
         if (self.same >= 10 and self.scheduler is not None and self.scheduler not in CONSTANT_SCHEDULERS
                 and ctx.step > self.warmup):
-            if self.is_active and self.kind == "constant":
-                return HOLD
-            self.kind = "constant"
             return Finding(f"learning_rate has stayed at {lr:g} for {self.same + 1} logs although lr_scheduler_type "
                            f"is {self.scheduler!r}.", {"learning_rate": lr, "constant_logs": self.same + 1},
                            severity="low")
@@ -420,7 +397,7 @@ class SftMemorization(Rule):
         else:
             x = v["loss"]
             epoch = v.get("epoch")
-            if epoch is not None and finite(x):
+            if epoch is not None and finite(x) and finite(epoch):
                 ep = int(epoch)
                 if self.epoch_floor is not None and ep > self.epoch_floor and self.loss.full:
                     self.boundary = (ctx.step, self.loss.mean)
@@ -436,8 +413,6 @@ class SftMemorization(Rule):
                     else:
                         self.boundary = None
         if self.dropped and self.eval_last is not None and self.eval_last >= 1.05 * self.eval_min:
-            if self.is_active:
-                return HOLD
             return Finding(f"Train loss fell ≥30% right after an epoch boundary while eval_loss {_g(self.eval_last)} "
                            f"is ≥5% above its minimum {_g(self.eval_min)}: memorising the training set.",
                            {"eval_loss": self.eval_last, "eval_loss_min": self.eval_min})

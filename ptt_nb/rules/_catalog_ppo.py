@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ptt_nb.rules._catalog_common import _g
-from ptt_nb.rules._engine import HOLD, Context, Finding, Rule
+from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
 from ptt_nb.rules._windows import Baseline, Trend, Window, finite
 
@@ -53,8 +53,6 @@ class RlKlRunaway(Rule):
         if self.n % 4 == 0:
             self.marks.append((ctx.step, self.kl.mean, self.reward.mean))
         if self.kl_key == "objective/kl" and kl > 10:
-            if self.is_active:
-                return HOLD
             return Finding(f"Sequence KL objective/kl = {_g(kl)} > 10 (TRL: keep it between 0 and 10).", {"kl": kl})
         if self.n < 20 or len(self.marks) < 2:
             return None
@@ -74,8 +72,6 @@ class RlKlRunaway(Rule):
             return None
         if self.reward.count and self.reward.mean > r0:
             return None
-        if self.is_active:
-            return HOLD
         return Finding(f"KL rose {_g(kl_now / kl0)}x (from {_g(kl0)} at step {step0} to {_g(kl_now)}) over the last "
                        f"25% of steps while the reward did not improve ({_g(r0)} → {_g(self.reward.mean)}).",
                        {"kl_mean_w5": kl_now, "kl_then": kl0, "reward_now": self.reward.mean, "reward_then": r0})
@@ -100,8 +96,6 @@ class PpoNegativeKl(Rule):
         if finite(kl):
             self.kl.push(kl)
         if self.kl.full and self.kl.mean < -0.1:
-            if self.is_active:
-                return HOLD
             return Finding(f"Mean objective/kl over the last 5 logs is {_g(self.kl.mean)} < −0.1.",
                            {"kl_mean_w5": self.kl.mean})
         return None
@@ -116,21 +110,15 @@ class PpoRatioOutOfBand(Rule):
     action = "Lower the LR, use fewer num_ppo_epochs or more num_mini_batches."
     reference, url = cite(37, 10)
     panels = ("ppo_ratio",)
-
-    def __init__(self) -> None:
-        self.streak = 0
+    for_logs = 3
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
         ratio = v["val/ratio"]
         var = v.get("val/ratio_var", 0.0)
-        bad = ratio > 2.0 or ratio < 0.5 or var > 1.0 or not finite(ratio)
-        self.streak = self.streak + 1 if bad else 0
-        if self.streak < 3:
+        if not (ratio > 2.0 or ratio < 0.5 or var > 1.0 or not finite(ratio)):
             return None
-        if self.is_active:
-            return HOLD
-        return Finding(f"val/ratio = {_g(ratio)} (ratio_var {_g(var)}) outside [0.5, 2] / var > 1 for {self.streak} "
+        return Finding(f"val/ratio = {_g(ratio)} (ratio_var {_g(var)}) outside [0.5, 2] / var > 1 for {self.held_logs} "
                        "logs: consecutive policies differ too much.", {"val/ratio": ratio, "val/ratio_var": var})
 
 
@@ -144,18 +132,14 @@ class PpoApproxklHigh(Rule):
     reference, url = cite(10, 37)
     panels = ("ppo_kl",)
     d_targ = 0.02
-
-    def __init__(self) -> None:
-        self.streak = 0
+    for_logs = 5
 
     def check(self, ctx: Context) -> Finding | None:
         x = ctx.values["policy/approxkl_avg"]
-        self.streak = self.streak + 1 if x > 1.5 * self.d_targ else 0
-        if self.streak < 5:
+        if not x > 1.5 * self.d_targ:
             return None
-        if self.is_active:
-            return HOLD
-        return Finding(f"policy/approxkl_avg = {_g(x)} > 1.5·d_targ = {_g(1.5 * self.d_targ)} for {self.streak} logs.",
+        return Finding(f"policy/approxkl_avg = {_g(x)} > 1.5·d_targ = {_g(1.5 * self.d_targ)} for {self.held_logs} "
+                       "logs.",
                        {"policy/approxkl_avg": x, "d_targ": self.d_targ})
 
 
@@ -168,18 +152,13 @@ class PpoClipfracHigh(Rule):
     action = "Lower the LR or num_ppo_epochs."
     reference, url = cite(10, 37)
     panels = ("ppo_clipfrac",)
-
-    def __init__(self) -> None:
-        self.streak = 0
+    for_logs = 10
 
     def check(self, ctx: Context) -> Finding | None:
         x = ctx.values["policy/clipfrac_avg"]
-        self.streak = self.streak + 1 if x > 0.2 else 0
-        if self.streak < 10:
+        if not x > 0.2:
             return None
-        if self.is_active:
-            return HOLD
-        return Finding(f"policy/clipfrac_avg = {_g(x)} > 0.2 for {self.streak} logs.", {"policy/clipfrac_avg": x})
+        return Finding(f"policy/clipfrac_avg = {_g(x)} > 0.2 for {self.held_logs} logs.", {"policy/clipfrac_avg": x})
 
 
 class PpoValueInstability(Rule):
@@ -211,8 +190,6 @@ class PpoValueInstability(Rule):
         rising = self.value.full and self.value.slope > 0
         if not (big or rising):
             return None
-        if self.is_active:
-            return HOLD
         return Finding(f"loss/value_avg = {_g(x)} ({'>10x its baseline ' + _g(b) if big else 'rising over 20 logs'}) "
                        f"with val/clipfrac_avg = {_g(clip)} > 0.5: the critic is diverging.",
                        {"loss/value_avg": x, "val/clipfrac_avg": clip, "baseline": b if b is not None else math.nan})

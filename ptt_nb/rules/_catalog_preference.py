@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ptt_nb.rules._catalog_common import LN2, PREF, _g, _loss_types, _lr, _past
-from ptt_nb.rules._engine import HOLD, Context, Finding, Rule
+from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
 from ptt_nb.rules._windows import Baseline, Trend, Window, finite
 
@@ -97,8 +97,6 @@ class DpoLossAtLn2(Rule):
         if (g is not None and g == 0.0) or (lr is not None and lr == 0.0):
             sev = "critical"
             why = " with learning_rate = 0" if lr == 0.0 else " with grad_norm = 0"
-        if self.is_active and sev is None:
-            return HOLD
         return Finding(f"DPO loss has stayed at ln 2 (mean of last 10: {ml:.5f}, margin {mm:.2e}) at step "
                        f"{ctx.step}{why}: the policy has not moved off the reference.", ev, severity=sev)
 
@@ -112,24 +110,19 @@ class PrefEmptyCompletion(Rule):
     action = "Fix truncation (max_length / max_prompt_length), the chat template, or the completion label mask."
     reference, url = cite(37, "ETO#14")
     panels = ("pref_logps", "kto_logps")
-
-    def __init__(self) -> None:
-        self.streak = 0
+    for_logs = 2
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
         c = v.get("logps/chosen")
         r = v.get("logps/rejected")
         zero = (c is None or abs(c) < 1e-6) and (r is None or abs(r) < 1e-6) and (c is not None or r is not None)
-        self.streak = self.streak + 1 if zero else 0
-        if self.streak < 2:
+        if not zero:
             return None
-        if self.is_active:
-            return HOLD
-        return Finding(f"logps/chosen = {c} and logps/rejected = {r} for {self.streak} logs: the summed log-prob "
+        return Finding(f"logps/chosen = {c} and logps/rejected = {r} for {self.held_logs} logs: the summed log-prob "
                        "covers 0 completion tokens.", {"logps/chosen": c if c is not None else math.nan,
                                                         "logps/rejected": r if r is not None else math.nan,
-                                                        "logs": self.streak})
+                                                        "logs": self.held_logs})
 
 
 class PrefMarginInverted(Rule):
@@ -161,8 +154,6 @@ class PrefMarginInverted(Rule):
             if ma is not None:
                 ev["accuracy_mean_w10"] = ma
                 text += f", win rate {_g(ma)}"
-            if self.is_active:
-                return HOLD
             return Finding(f"Over the last 10 logs the model prefers the rejected responses ({text}) at step "
                            f"{ctx.step}.", ev)
         return None
@@ -223,8 +214,6 @@ class DpoLikelihoodDisplacement(Rule):
             ev["logps/chosen"] = lp
             ev["logps_chosen_baseline"] = b
             detail = f"; logps/chosen {_g(lp)} is >20% below its baseline {_g(b)}"
-        if self.is_active and sev is None:
-            return HOLD
         return Finding(f"rewards/chosen = {_g(c)} and falling (slope {_g(sc)}/log) while the margin grows (slope "
                        f"{_g(sm)}/log){detail}: likelihood displacement.", ev, severity=sev)
 
@@ -252,8 +241,6 @@ class PrefOverfit(Rule):
             ea = v["eval_rewards/accuracies"]
             self.gap = acc.mean - ea if acc.full and finite(ea) else None
         if self.gap is not None and self.gap > 0.15:
-            if self.is_active:
-                return HOLD
             return Finding(f"Train win rate (mean of last 10: {_g(acc.mean)}) exceeds the eval win rate by "
                            f"{_g(self.gap)} (> 0.15).", {"train_accuracy_w10": acc.mean, "gap": self.gap})
         if ctx.split != "train" or not acc.full:
@@ -264,8 +251,6 @@ class PrefOverfit(Rule):
             return None
         low = min(acc.buf)
         if low >= 0.95 and f.margin20.slope > 0:
-            if self.is_active:
-                return HOLD
             return Finding(f"Win rate ≥ 0.95 for 10 logs before half of the first epoch (epoch {_g(epoch)}), "
                            f"loss {_g(loss)} < 0.1 and the margin still growing.",
                            {"accuracy_min_w10": low, "loss": loss, "epoch": epoch})

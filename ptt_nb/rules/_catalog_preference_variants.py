@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ptt_nb.rules._catalog_common import _g, _loss_types, _past
-from ptt_nb.rules._engine import HOLD, Context, Finding, Rule
+from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
 from ptt_nb.rules._windows import Trend, Window, finite
 
@@ -33,8 +33,6 @@ class KtoKlDegenerate(Rule):
         c = v.get("rewards/chosen")
         if c is None or c == 0.0 or not finite(c):
             return None
-        if self.is_active:
-            return HOLD
         return Finding(f"kl = 0 for the last {self.zeros} logs while rewards/chosen = {_g(c)}: the KL reference "
                        "point is not being estimated.", {"kl": kl, "zero_logs": self.zeros, "rewards/chosen": c})
 
@@ -52,7 +50,6 @@ class OrpoOddsNotSeparating(Rule):
     def __init__(self) -> None:
         self.odds = Window(10)
         self.acc = Window(10)
-        self.streak = 0
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
@@ -67,20 +64,16 @@ class OrpoOddsNotSeparating(Rule):
         mo = self.odds.mean
         ma = self.acc.mean if self.acc.full else None
         if mo <= 0 or (ma is not None and ma < 0.55):
-            self.streak += 1
             # calibrated: a healthy tiny ORPO run (lr 1e-4) was not separating yet at step 23 of 55 (W10 win rate
             # 0.525, log odds +0.009) and separated from step ~28: medium first, high once it persists 20 logs
-            sev = "high" if self.streak >= 20 else "medium"
-            if self.is_active and sev == "medium":
-                return HOLD
-            ev = {"log_odds_chosen_mean_w10": mo, "logs": self.streak}
+            sev = "high" if self.held_logs >= 20 else "medium"
+            ev = {"log_odds_chosen_mean_w10": mo, "logs": self.held_logs}
             if ma is not None:
                 ev["accuracy_mean_w10"] = ma
             acc = f", win rate {_g(ma)}" if ma is not None else ""
             return Finding(f"Mean log odds ratio over the last 10 logs is {_g(mo)}{acc} at step {ctx.step} "
-                           f"({self.streak} logs in a row): the odds-ratio term is not separating chosen from "
+                           f"({self.held_logs} logs in a row): the odds-ratio term is not separating chosen from "
                            "rejected.", ev, severity=sev)
-        self.streak = 0
         return None
 
 
@@ -112,8 +105,6 @@ class OrpoCpoNllDiverging(Rule):
         self.above = self.above + 1 if nll > 1.1 * self.nll_min and self.nll_min > 0 else 0
         if self.above < 20 or not self.margin.full or self.margin.slope <= 0:
             return None
-        if self.is_active:
-            return HOLD
         return Finding(f"nll_loss = {_g(nll)} has stayed >1.1x its minimum {_g(self.nll_min)} for {self.above} logs "
                        f"while the preference margin rises (slope {_g(self.margin.slope)}/log).",
                        {"nll_loss": nll, "nll_min": self.nll_min, "margin_slope_w20": self.margin.slope})
@@ -151,8 +142,6 @@ class SimpoMarginBelowGamma(Rule):
             return None
         mm = self.margin.mean
         if mm < self.gamma:
-            if self.is_active:
-                return HOLD
             return Finding(f"Mean margin over the last 20 logs {_g(mm)} < simpo_gamma {_g(self.gamma)} at step "
                            f"{ctx.step} (30% of training done).", {"margin_mean_w20": mm, "simpo_gamma": self.gamma})
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ptt_nb.rules._catalog_common import RL, _g, _loss_types
 from ptt_nb.rules._catalog_ppo import KL_KEY, REWARD_KEY
-from ptt_nb.rules._engine import HOLD, Context, Finding, Rule
+from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
 from ptt_nb.rules._windows import Baseline, PairWindow, Trend, Window, finite
 
@@ -44,8 +44,6 @@ class RlRewardOveropt(Rule):
         up_k = self.kl.slope * n / (abs(self.kl.mean) + 1e-12)
         up_l = self.length.slope * n / (abs(self.length.mean) + 1e-12)
         if up_r >= 0.1 and up_k >= 0.1 and up_l >= 0.1:
-            if self.is_active:
-                return HOLD
             return Finding(f"Over the last 50 logs reward (+{up_r:.0%}), KL (+{up_k:.0%}) and completion length "
                            f"(+{up_l:.0%}) rose together: the reward may be over-optimised.",
                            {"reward_rise_w50": up_r, "kl_rise_w50": up_k, "length_rise_w50": up_l})
@@ -82,8 +80,6 @@ class RlLengthHacking(Rule):
         corr = self.pair.corr
         if corr < 0.7:
             return None
-        if self.is_active:
-            return HOLD
         return Finding(f"Mean completion length {_g(ln)} is {_g(ln / b)}x its start ({_g(b)}) and corr(reward, "
                        f"length) over 50 logs is {corr:.2f} ≥ 0.7: reward gains come mostly from length.",
                        {"completions/mean_length": ln, "baseline": b, "corr_w50": corr})
@@ -114,8 +110,6 @@ class RlTruncation(Rule):
             self.over80 = self.over80 + 1 if c > 0.8 else 0
             if w.count == 10 and w.total > 2.0:
                 sev = "critical" if self.over80 >= 10 else None
-                if self.is_active and sev is None:
-                    return HOLD
                 return Finding(f"{self.clip.mean:.0%} of completions were truncated over the last 10 logs"
                                f"{' (every log > 80%)' if sev else ''}: rewards are noisy.",
                                {"clipped_ratio_mean_w10": self.clip.mean, "clipped_ratio": c}, severity=sev)
@@ -124,8 +118,6 @@ class RlTruncation(Rule):
         if e is not None and finite(e):
             self.eos.push(e)
             if self.eos.full and self.eos.mean < 0.5:
-                if self.is_active:
-                    return HOLD
                 return Finding(f"Only {self.eos.mean:.0%} of completions end with EOS (mean of the last 10 logs).",
                                {"eos_fraction_w10": self.eos.mean})
         return None
@@ -169,20 +161,14 @@ class RlEntropyOutOfBand(Rule):
         if b is None or b <= 0:
             return None
         if h < 0.3 * b and (not ctx.max_steps or ctx.step <= 0.25 * ctx.max_steps):
-            if self.is_active:
-                return HOLD
             return Finding(f"Entropy {_g(h)} fell below 0.3x its start ({_g(b)}) within the first quarter of "
                            "training: entropy collapse caps performance.", {"entropy": h, "baseline": b})
         if h < 0.5 * b and self.ent.full and self.ent.tstat < -2:
             rr = abs(self.reward.slope) * self.reward.n / (abs(self.reward.mean) + 1e-12)
             if rr < 0.05:
-                if self.is_active:
-                    return HOLD
                 return Finding(f"Entropy has fallen steadily to {_g(h)} (start {_g(b)}) over 50 logs with a flat "
                                "reward: collapse.", {"entropy": h, "baseline": b, "reward_change_w50": rr})
         if h > 2 * b and self.ent.count >= 20 and self.ent.slope > 0 and self.reward.slope < 0:
-            if self.is_active:
-                return HOLD
             return Finding(f"Entropy {_g(h)} is >2x its start ({_g(b)}) and rising while the reward falls: the policy "
                            "is producing incoherent text.", {"entropy": h, "baseline": b,
                                                              "reward_slope_w50": self.reward.slope})
@@ -220,8 +206,6 @@ class GrpoZeroVarianceGroups(Rule):
             ev["grad_norm"] = g
             if m >= 1.0 and abs(g) < 1e-8:
                 sev = "critical"
-        if self.is_active and sev is None:
-            return HOLD
         return Finding(f"{m:.0%} of groups had identical rewards over the last {self.frac.count} logs"
                        f"{' and grad_norm is 0: no learning signal at all' if sev else ''}.", ev, severity=sev)
 
@@ -277,8 +261,6 @@ class GrpoLengthBias(Rule):
         self.length.push(ln)
         self.reward.push(r)
         if self.length.full and self.length.tstat > 2 and self.reward.slope <= 0:
-            if self.is_active:
-                return HOLD
             return Finding(f"Over 50 logs completions grow ({_g(self.length.slope)} tokens/log) while the reward does "
                            f"not (slope {_g(self.reward.slope)}): loss_type='grpo' length bias.",
                            {"length_slope_w50": self.length.slope, "reward_slope_w50": self.reward.slope})
@@ -325,8 +307,6 @@ class GrpoClipRatio(Rule):
         if h is not None and finite(h):
             self.ent_base.push(h)
         if self.region.full and self.region.mean > 0.2:
-            if self.is_active:
-                return HOLD
             return Finding(f"{self.region.mean:.0%} of tokens were clipped (clip_ratio/region_mean, mean of 10 logs): "
                            "updates are too off-policy or the LR is too high.", {"region_mean_w10": self.region.mean})
         b = self.ent_base.value
@@ -367,15 +347,11 @@ class GrpoRolloutMismatch(Rule):
             self.diff.push(d)
             self.base.push(d)
         if (self.lo.full and self.lo.mean < 0.5) or (self.hi.full and self.hi.mean > 2.0):
-            if self.is_active:
-                return HOLD
             return Finding(f"Importance-sampling ratio out of [0.5, 2] (min {_g(self.lo.mean)}, max "
                            f"{_g(self.hi.mean)}, means of 5 logs): training is silently off-policy.",
                            {"is_ratio_min_w5": self.lo.mean, "is_ratio_max_w5": self.hi.mean})
         b = self.base.value
         if d is not None and self.diff.full and self.diff.slope > 0 and b is not None and d > 2 * b and d > 1e-3:
-            if self.is_active:
-                return HOLD
             return Finding(f"The vLLM/trainer log-prob difference is trending up ({_g(b)} → {_g(d)}).",
                            {"logp_difference": d, "baseline": b})
         return None

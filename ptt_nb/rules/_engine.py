@@ -34,12 +34,6 @@ class Finding:
     action: str | None = None
 
 
-# Returned by a rule whose episode is already open (``self.is_active``) and whose severity has not changed:
-# "still holds". It saves building the message on every step of a long episode (the alert keeps the message
-# of its opening step anyway).
-HOLD = Finding("")
-
-
 @dataclass
 class Context:
     """What a rule may look at. One object is reused across calls (no allocation per log point)."""
@@ -62,8 +56,11 @@ class Rule:
     """Base class of built-in and custom rules.
 
     Subclasses set the class attributes and implement ``check``, returning a Finding while the pathology is
-    present and None otherwise. ``keys`` are the log keys that trigger a check (any of them present);
-    ``algorithms`` limits the rule to profiles (None: every trainer). ``on_start`` is for config-time rules.
+    present and None otherwise; that is all a rule says. Persistence is the Engine's: ``for_logs`` consecutive
+    holding checks open an episode, later holding checks keep it open (their Findings are dropped unless they
+    carry a more severe ``severity``: an escalation), the first check that returns None closes it.
+    ``keys`` are the log keys that trigger a check (any of them present); ``algorithms`` limits the rule to
+    profiles (None: every trainer). ``on_start`` is for config-time rules.
     """
 
     id: str = ""
@@ -81,9 +78,17 @@ class Rule:
     warmup_frac: float = 0.0  # ... and before this fraction of max_steps (when max_steps is known)
     for_logs: int = 1  # consecutive checked log points the condition must hold before an episode opens
     once: bool = False  # after its first episode opens, the rule is never checked again (episode stays open)
-    is_active: bool = False  # set by the engine: an episode of this rule is open (see HOLD)
     inert: bool = False  # set in ``on_start`` when the run's config makes the rule moot: it is then never checked
     source: str = "built-in"
+
+    _state: RuleState | None = None  # set by the Engine that runs this rule
+
+    @property
+    def held_logs(self) -> int:
+        """How many consecutive checked log points the condition has held, this one included. For a Finding's
+        evidence (read it inside ``check`` when returning a Finding); the Engine does the counting."""
+        state = self._state
+        return state.streak + 1 if state is not None else 1
 
     def applies_to(self, algorithm: str) -> bool:
         return self.algorithms is None or algorithm in self.algorithms
@@ -135,6 +140,7 @@ class Engine:
         if not rule.applies_to(self.ctx.algorithm):
             return []
         state = RuleState(rule)
+        rule._state = state
         self.states[rule.id] = state
         for key in rule.keys:
             self._by_key.setdefault(key, []).append(state)
@@ -206,10 +212,12 @@ class Engine:
                     self._resolve(state, step, out)
                 continue
             state.streak += 1
-            if state.active is None and state.streak < state.rule.for_logs:
-                continue
-            if finding is not HOLD or state.active is None:
-                self._found(state, finding, out)
+            active = state.active
+            if active is None:
+                if state.streak >= state.rule.for_logs:
+                    self._open(state, finding, out)
+            elif finding.severity and _more_severe(finding.severity, active.severity):
+                self._escalate(state, finding, out)
         return out
 
     def _invalidate_plans(self) -> None:
@@ -243,8 +251,11 @@ class Engine:
             return
         if finding is not None:
             state.streak += 1
-            if state.active is not None or state.streak >= state.rule.for_logs:
-                self._found(state, finding, out)
+            if state.active is None:
+                if state.streak >= state.rule.for_logs:
+                    self._open(state, finding, out)
+            elif finding.severity and _more_severe(finding.severity, state.active.severity):
+                self._escalate(state, finding, out)
         else:
             state.streak = 0
             if state.active is not None:
@@ -262,44 +273,44 @@ class Engine:
             return True
         return bool(rule.warmup_frac and ctx.max_steps and ctx.step < rule.warmup_frac * ctx.max_steps)
 
-    def _found(self, state: RuleState, finding: Finding, out: list[Alert]) -> None:
+    def _open(self, state: RuleState, finding: Finding, out: list[Alert], escalation: bool = False) -> None:
         step = self.ctx.step
         rule = state.rule
-        if state.active is None:
-            if finding is HOLD or ((rule.warmup_steps or rule.warmup_frac) and self._in_warmup(rule)):
+        if not escalation:
+            if (rule.warmup_steps or rule.warmup_frac) and self._in_warmup(rule):
                 return
             if state.last_resolved is not None and step - state.last_resolved < rule.cooldown:
                 return
-            state.fired += 1
-            alert = Alert(
-                id=f"{rule.id}@{step}",
-                rule=rule.id,
-                severity=finding.severity or rule.severity,
-                step=step,
-                message=finding.message,
-                action=finding.action or rule.action,
-                reference=rule.reference,
-                url=rule.url,
-                evidence={k: _num(v) for k, v in finding.evidence.items()},
-                panels=list(rule.panels),
-            )
-            state.active = alert
-            rule.is_active = True
-            if rule.once:
-                state.done = True
-                self._invalidate_plans()
-            if not state.muted:
-                out.append(alert)
-        elif finding.severity and finding is not HOLD and _more_severe(finding.severity, state.active.severity):
-            # escalation is a new fact worth telling: close the old episode, open a more severe one
-            self._resolve(state, step, out)
-            self._found(state, finding, out)
+        state.fired += 1
+        alert = Alert(
+            id=f"{rule.id}@{step}",
+            rule=rule.id,
+            severity=finding.severity or rule.severity,
+            step=step,
+            message=finding.message,
+            action=finding.action or rule.action,
+            reference=rule.reference,
+            url=rule.url,
+            evidence={k: _num(v) for k, v in finding.evidence.items()},
+            panels=list(rule.panels),
+        )
+        state.active = alert
+        if rule.once:
+            state.done = True
+            self._invalidate_plans()
+        if not state.muted:
+            out.append(alert)
+
+    def _escalate(self, state: RuleState, finding: Finding, out: list[Alert]) -> None:
+        """A more severe Finding while the episode is open is a new fact worth telling: close the old episode and
+        open a more severe one at once (the closed episode did not resolve, so no cooldown applies)."""
+        self._resolve(state, self.ctx.step, out)
+        self._open(state, finding, out, escalation=True)
 
     def _resolve(self, state: RuleState, step: int, out: list[Alert]) -> None:
         active = state.active
         assert active is not None
         state.active = None
-        state.rule.is_active = False
         state.last_resolved = step
         resolved = Alert(**{**active.__dict__, "state": "resolved", "resolved_step": step})
         if not state.muted:

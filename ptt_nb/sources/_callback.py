@@ -126,6 +126,12 @@ class DiagnosticsCallback(TrainerCallback):
         widget: show the live dashboard (default: yes inside a notebook).
         rank_stats_every: steps between per-rank timing/memory gathers on multi-process runs (0: off).
         report: write ``report.html`` (static, offline) into the run folder when the run ends.
+        notify: webhook URL(s) for alerts at or above ``notify_severity`` and for the run's end or death: a
+            URL (hooks.slack.com gets Slack's ``{"text": ...}``, others plain JSON), a ``{"url": ...,
+            "format": "slack"|"json"}`` spec, or a list. Sent from a background thread; never written to disk.
+        notify_severity: the least severe alert that notifies (default ``"high"``).
+        baseline: a finished run (anything ``ptt_nb.load_run`` reads) drawn beside this one, with the
+            ``baseline_*`` rules flagging metrics far outside its band.
     """
 
     def __init__(
@@ -141,7 +147,16 @@ class DiagnosticsCallback(TrainerCallback):
         widget: bool | None = None,
         rank_stats_every: int | None = None,
         report: bool = False,
+        notify: Any = None,
+        notify_severity: str = "high",
+        baseline: str | os.PathLike[str] | None = None,
     ) -> None:
+        from ptt_nb.sinks._notify import _check_severity, parse_targets
+
+        self._notify_targets = parse_targets(notify)  # bad input fails here, before any training
+        self._notify_severity = _check_severity(notify_severity)
+        self._notifier = None
+        self.baseline = baseline
         self.run_dir_option = run_dir
         self.report = report
         environment.prefetch()
@@ -204,6 +219,7 @@ class DiagnosticsCallback(TrainerCallback):
             console = (self.widget is None) if self.console is None else self.console
             if console:
                 monitor.subscribe(ConsoleSink(str(self.run_dir)))
+            self._start_notifier(monitor, args)
         self._finished = False
         run = RunStart(
             run_id=self.run_dir.name,
@@ -252,6 +268,14 @@ class DiagnosticsCallback(TrainerCallback):
                 rules.extend(load_rule_dir(self.rule_dir))
             rules.extend(as_rules(self.custom_rules))
         return rules
+
+    def _start_notifier(self, monitor: Monitor, args: Any) -> None:
+        from ptt_nb.sinks._notify import Notifier, trackio_module
+
+        tracker = trackio_module(getattr(args, "report_to", None))
+        if self._notify_targets or tracker is not None:
+            self._notifier = Notifier(self._notify_targets, severity=self._notify_severity, trackio=tracker)
+            monitor.subscribe(self._notifier)
 
     def _start_widget(self, monitor: Monitor) -> Any:
         try:
@@ -361,6 +385,8 @@ class DiagnosticsCallback(TrainerCallback):
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            if self._notifier is not None and reason != "sigterm":  # the last message out before a script exits
+                self._notifier.flush()
             if reason != "finished" and self.rank == 0:
                 log.warning("ptt_nb: run ended at step %s (%s); postmortem: %s", step, reason,
                             self.run_dir / "postmortem.json" if self.run_dir else "-")

@@ -18,6 +18,9 @@ KL_KEY = {"grpo": "kl", "rloo": "kl", "ppo": "objective/kl", "online_dpo": "obje
 
 
 class RlKlRunaway(Rule):
+    """Reading chosen here ([F]): branch (b) compares the W5 KL mean with the one at 75% of the current step and
+    needs KL >= 0.01 now and >= 1e-3 then (KL starts at 0, so "x3" alone would fire at once)."""
+
     id = "rl_kl_runaway"
     title = "KL to the reference running away"
     severity = "high"
@@ -102,6 +105,9 @@ class PpoNegativeKl(Rule):
 
 
 class PpoRatioOutOfBand(Rule):
+    """Reading chosen here ([F], not calibrated on a real pathology): the catalog's "for W3" = 3 consecutive logs
+    (``for_logs``)."""
+
     id = "ppo_ratio_out_of_band"
     title = "PPO probability ratio out of band"
     severity = "high"
@@ -123,6 +129,9 @@ class PpoRatioOutOfBand(Rule):
 
 
 class PpoApproxklHigh(Rule):
+    """Reading chosen here ([F], not calibrated on a real pathology): "for W5" = 5 consecutive logs (``for_logs``);
+    1.5·d_targ is the PPO paper's adaptive-KL trigger with its d_targ = 0.02."""
+
     id = "ppo_approxkl_high"
     title = "PPO approximate KL per update too large"
     severity = "medium"
@@ -144,6 +153,9 @@ class PpoApproxklHigh(Rule):
 
 
 class PpoClipfracHigh(Rule):
+    """Reading chosen here ([F], not calibrated on a real pathology): "for W10" = 10 consecutive logs
+    (``for_logs``)."""
+
     id = "ppo_clipfrac_high"
     title = "Most PPO updates hit the clip"
     severity = "medium"

@@ -45,6 +45,11 @@ class PrefFeatures:
 
 
 class DpoLossAtLn2(Rule):
+    """Calibrated: the catalog's |mean_W10(loss) − ln 2| < 0.01 and |mean_W10(margins)| < 0.01 fired on a healthy
+    DPO run at lr=1e-5 (step 50: loss 0.6903, margin 0.0056, accuracy 1.0): a slow run, not a stuck one. It also
+    needs the policy not to be separating pairs: mean_W10(margins) < 1e-3 or mean_W10(accuracies) < 0.6. The lr=0
+    run (loss 0.69315, margin 0, accuracy 0) still fires, critical."""
+
     id = "dpo_loss_at_ln2"
     title = "DPO loss stuck at ln 2"
     severity = "high"
@@ -126,6 +131,11 @@ class PrefEmptyCompletion(Rule):
 
 
 class PrefMarginInverted(Rule):
+    """Calibrated: rewards tie at 0 before the policy moves (margin exactly 0, accuracy 0: the lr=0 run), which the
+    catalog's "accuracies < 0.45" read as inverted; it needs mean_W10(margins) < 0 together with a win rate < 0.5
+    (or < 0.45 alone with a negative margin). KTO logs no accuracies and its healthy tiny runs wander ±0.005
+    around 0, so there the mean margin must be below −0.01."""
+
     id = "pref_margin_inverted"
     title = "Model prefers the rejected responses"
     severity = "high"
@@ -160,6 +170,10 @@ class PrefMarginInverted(Rule):
 
 
 class DpoLikelihoodDisplacement(Rule):
+    """Calibrated: the catalog's bare signs (chosen reward < 0, slope < 0, margin slope > 0) flapped on noise around 0
+    in healthy tiny KTO runs (5 episodes in 70 steps); both slopes must be significant (|t| > 2 over W20) and the
+    window's mean chosen reward negative."""
+
     id = "dpo_likelihood_displacement"
     title = "Chosen likelihood falls while the margin grows"
     severity = "medium"
@@ -262,6 +276,10 @@ LR_CUTOFF = {"dpo": 1e-5, "orpo": 1e-5, "cpo": 1e-5, "online_dpo": 1e-5, "kto": 
 
 
 class PrefHparamsOutOfRange(Rule):
+    """Calibrated: the published learning rates are for 7B-scale full fine-tuning. When the model's size is known
+    (``n_params`` in the config, filled by the callback) the rule is medium only for models >= 1B parameters and
+    low below; unknown size is low. LoRA/PEFT (``peft`` in the config) raises the cut-off 10x."""
+
     id = "pref_hparams_out_of_range"
     title = "Preference-optimisation hyper-parameters outside reported ranges"
     severity = "medium"

@@ -11,6 +11,8 @@ from ptt_nb.rules._windows import Trend, Window, finite
 
 
 class KtoKlDegenerate(Rule):
+    """Reading chosen here ([F], not calibrated on a real pathology): the catalog's "for Wn" = n consecutive logs."""
+
     id = "kto_kl_degenerate"
     title = "KTO KL reference point stuck at 0"
     severity = "medium"
@@ -38,6 +40,12 @@ class KtoKlDegenerate(Rule):
 
 
 class OrpoOddsNotSeparating(Rule):
+    """Calibrated: accuracies are computed on 4-8 pairs per step, so a W10 mean below 0.55 is common in the first
+    ~25 steps of a healthy tiny ORPO run (0.525 at step 23 of 55 at lr 1e-4, log odds +0.009; it separated from
+    step ~28). It needs a full window of 10 logs and step >= 20 (and frac >= 0.1), and opens as medium; it is
+    high (the catalog's severity) once the condition has held for 20 logs in a row (the Engine's count,
+    ``held_logs``: the escalation reopens the episode as high)."""
+
     id = "orpo_odds_not_separating"
     title = "ORPO odds ratio not separating chosen from rejected"
     severity = "high"

@@ -11,6 +11,10 @@ from ptt_nb.rules._windows import Baseline, PairWindow, Trend, Window, finite
 
 
 class RlRewardOveropt(Rule):
+    """Reading chosen here ([F]): "rose" = a >= 10% rise of the OLS trend over W50, for reward, KL and length alike.
+    The gold-metric half is not implemented (it needs a held-out judge); the no-gold half needs a completion
+    length, which only GRPO/RLOO log."""
+
     id = "rl_reward_overopt"
     title = "Reward, KL and length rising together (possible over-optimisation)"
     severity = "medium"
@@ -51,6 +55,9 @@ class RlRewardOveropt(Rule):
 
 
 class RlLengthHacking(Rule):
+    """Reading chosen here ([F]): no downgrade for rule-based rewards (the rule cannot tell them from a learned
+    reward model)."""
+
     id = "rl_length_hacking"
     title = "Reward gains driven by completion length"
     severity = "medium"
@@ -86,6 +93,11 @@ class RlLengthHacking(Rule):
 
 
 class RlTruncation(Rule):
+    """Calibrated: the catalog's "> 0.2 for W10" is read as the W10 mean; critical needs every one of the 10 values
+    > 0.8 (healthy tiny GRPO runs sit at a 0.5-0.8 mean with 16-token completions; a run whose every completion
+    is cut off for 10 logs is the wasting-compute case). PPO's ``val/num_eos_tokens`` half is not implemented (a
+    count without its batch size)."""
+
     id = "rl_truncation"
     title = "Many completions truncated"
     severity = "medium"
@@ -124,6 +136,9 @@ class RlTruncation(Rule):
 
 
 class RlEntropyOutOfBand(Rule):
+    """Reading chosen here ([F]): "monotone fall" = t < −2 over W50 and below half its start, with the reward's W50
+    trend moving < 5%."""
+
     id = "rl_entropy_out_of_band"
     title = "Policy entropy collapsing or blowing up"
     severity = "high"

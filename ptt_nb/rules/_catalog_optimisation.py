@@ -99,7 +99,7 @@ class LossSpike(Rule):
     algorithms = frozenset({"sft", "dpo", "kto", "orpo", "cpo", "online_dpo", "reward", "generic"})  # not GRPO/RLOO
     action = ("Roll back ≈100 steps and skip the 200–500 batches around the spike (PaLM), lower the LR, inspect the "
               "data. Pretraining: z-loss / QK-norm.")
-    reference, url = cite(25, 27, 26)
+    reference, url = cite("palm", "ml_engineering_instabilities", "olmo2")
     panels = LOSS_PANELS
 
     def __init__(self) -> None:
@@ -157,7 +157,7 @@ class GradNormSpike(Rule):
     severity = "medium"
     keys = ("grad_norm",)
     action = "Same actions as for a loss spike; check gradient clipping (max_grad_norm)."
-    reference, url = cite(26)
+    reference, url = cite("olmo2")
     panels = GRAD_PANELS + LOSS_PANELS
 
     def __init__(self, loss_rule: LossSpike | None = None) -> None:
@@ -236,7 +236,7 @@ class GradClipSaturation(Rule):
     severity = "medium"
     keys = ("grad_norm",)
     action = "Clipping is doing the step-size control: lower the LR."
-    reference, url = cite(24)
+    reference, url = cite("small_scale_proxies")
     reference = f"No direct source (catalog: unverified); {reference} trains with clip 1.0"
     panels = GRAD_PANELS
 
@@ -278,7 +278,7 @@ class LrWarmupMissing(Rule):
     keys = ("learning_rate", "lr")
     once = True
     action = "Use a 3–10% warm-up (warmup_steps / warmup_ratio); the DPO paper used 150 steps."
-    reference, url = cite(29, 30, 1, "App. B")
+    reference, url = cite("large_minibatch_sgd", "why_warmup", "dpo", "App. B")
     panels = LR_PANELS
 
     def __init__(self) -> None:
@@ -389,7 +389,7 @@ class SftMemorization(Rule):
     algorithms = frozenset({"sft", "generic"})
     action = ("Do not auto-stop: InstructGPT's SFT overfit validation loss after 1 epoch yet more epochs still "
               "helped reward-model score and human preference. Judge by a downstream eval.")
-    reference, url = cite(31, 13)
+    reference, url = cite("fastai_single_example", "instructgpt")
     panels = ("sft_loss", "sft_acc", "loss")
 
     def __init__(self) -> None:

@@ -27,7 +27,7 @@ class RlKlRunaway(Rule):
     keys = ("objective/kl", "kl")
     algorithms = frozenset({"ppo", "online_dpo", "grpo", "rloo"})
     action = "Raise the KL coefficient (or use an adaptive KL target), early-stop, lower the LR."
-    reference, url = cite(37, 16, 12, 11)
+    reference, url = cite("trl_docs", "rm_overoptimization", "stiennon2020", "ziegler2019")
     panels = ("ppo_kl", "odpo_kl", "rl_kl", "rl_reward", "ppo_scores", "odpo_scores")
 
     def __init__(self) -> None:
@@ -88,7 +88,7 @@ class PpoNegativeKl(Rule):
     algorithms = frozenset({"ppo", "online_dpo"})
     action = ("Generation is not pure sampling (top_k, min_length, temperature mismatch) and the policy can earn "
               "reward by driving KL negative: use top_k=0, top_p=1.0, no min_length.")
-    reference, url = cite(37)
+    reference, url = cite("trl_docs")
     panels = ("ppo_kl", "odpo_kl")
 
     def __init__(self) -> None:
@@ -114,7 +114,7 @@ class PpoRatioOutOfBand(Rule):
     keys = ("val/ratio",)
     algorithms = frozenset({"ppo"})
     action = "Lower the LR, use fewer num_ppo_epochs or more num_mini_batches."
-    reference, url = cite(37, 10)
+    reference, url = cite("trl_docs", "ppo")
     panels = ("ppo_ratio",)
     for_logs = 3
 
@@ -138,7 +138,7 @@ class PpoApproxklHigh(Rule):
     keys = ("policy/approxkl_avg",)
     algorithms = frozenset({"ppo"})
     action = "Lower the LR or num_ppo_epochs (the PPO paper's adaptive rule doubles β above 1.5·d_targ)."
-    reference, url = cite(10, 37)
+    reference, url = cite("ppo", "trl_docs")
     panels = ("ppo_kl",)
     d_targ = 0.02
     for_logs = 5
@@ -162,7 +162,7 @@ class PpoClipfracHigh(Rule):
     keys = ("policy/clipfrac_avg",)
     algorithms = frozenset({"ppo"})
     action = "Lower the LR or num_ppo_epochs."
-    reference, url = cite(10, 37)
+    reference, url = cite("ppo", "trl_docs")
     panels = ("ppo_clipfrac",)
     for_logs = 10
 
@@ -180,7 +180,7 @@ class PpoValueInstability(Rule):
     keys = ("loss/value_avg",)
     algorithms = frozenset({"ppo"})
     action = "Normalise/clip rewards, clip the value loss, whiten_rewards=True, lower vf_coef or the LR."
-    reference, url = cite(14, 15)
+    reference, url = cite("rlhf_secrets_ppo", "rlhf_n_implementation_details")
     panels = ("ppo_losses", "ppo_clipfrac")
 
     def __init__(self) -> None:

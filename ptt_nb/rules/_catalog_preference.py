@@ -58,7 +58,7 @@ class DpoLossAtLn2(Rule):
     action = ("Check learning_rate > 0, grad_norm > 0, that parameters (or the PEFT adapter) are trainable, that "
               "chosen != rejected and that completion tokens are not all masked; then raise the LR (DPO paper: 1e-6 "
               "full fine-tuning; TRL docs: about 1e-5 with LoRA). Not 'reduce beta': at init dL/dΔ = −β/2.")
-    reference, url = cite(1, "§4, App. B")
+    reference, url = cite("dpo", "§4, App. B")
     panels = ("dpo_loss", "odpo_loss", "pref_margin", "optim_lr", "optim_grad_norm")
 
     def __init__(self, feat: PrefFeatures | None = None) -> None:
@@ -113,7 +113,7 @@ class PrefEmptyCompletion(Rule):
     keys = ("logps/chosen", "logps/rejected")
     algorithms = frozenset({"dpo", "kto", "cpo", "orpo"})
     action = "Fix truncation (max_length / max_prompt_length), the chat template, or the completion label mask."
-    reference, url = cite(37, "ETO#14")
+    reference, url = cite("trl_docs", "ETO#14")
     panels = ("pref_logps", "kto_logps")
     for_logs = 2
 
@@ -144,7 +144,7 @@ class PrefMarginInverted(Rule):
     action = ("Check for swapped chosen/rejected columns or label noise, lower the LR (trl#1236: margins flip "
               "negative early), check that the reference is the SFT policy. ORPO/CPO 'rewards' are β·log π with "
               "no reference model.")
-    reference, url = cite(1, "§5", "trl#1236")
+    reference, url = cite("dpo", "§5", "trl#1236")
     panels = ("pref_margin", "pref_accuracy")
 
     def __init__(self, feat: PrefFeatures | None = None) -> None:
@@ -182,7 +182,7 @@ class DpoLikelihoodDisplacement(Rule):
     action = ("Add an NLL term (rpo_alpha=1.0, or loss_type=['sigmoid','sft']), try DPOP, filter near-identical "
               "pairs (CHES), lower the LR. Medium by default: falling chosen rewards are common and not degenerate "
               "by themselves.")
-    reference, url = cite(3, "Fig. 1", 4)
+    reference, url = cite("likelihood_displacement", "Fig. 1", "dpo_positive")
     panels = ("pref_rewards", "pref_margin", "pref_logps", "kto_rewards")
 
     def __init__(self, feat: PrefFeatures | None = None) -> None:
@@ -240,7 +240,7 @@ class PrefOverfit(Rule):
     splits = ("train", "eval")
     algorithms = frozenset({"dpo", "kto", "orpo", "cpo"})
     action = "Early-stop on eval, raise β, try loss_type='ipo', train fewer epochs."
-    reference, url = cite(2)
+    reference, url = cite("ipo")
     panels = ("pref_accuracy", "pref_margin", "dpo_loss")
 
     def __init__(self, feat: PrefFeatures | None = None) -> None:
@@ -287,7 +287,7 @@ class PrefHparamsOutOfRange(Rule):
     action = ("Reported settings: DPO β 0.1 (0.5 TL;DR), lr 1e-6, 150-step warm-up; SimPO lr grid 3e-7–1e-6 "
               "(1e-5 'can significantly degrade performance'), β 2–2.5; KTO lr 5e-7–5e-6 (≤1e-6 at β=0.1). LoRA "
               "tolerates ~10x higher LRs. Small models need higher LRs than these 7B recipes.")
-    reference, url = cite(1, "App. B", 8, 5, 37)
+    reference, url = cite("dpo", "App. B", "simpo", "kto", "trl_docs")
     panels = ("optim_lr",)
 
     def on_start(self, ctx: Context) -> Finding | None:
@@ -329,7 +329,7 @@ class KtoWeightImbalance(Rule):
     algorithms = frozenset({"kto"})
     action = "Set desirable_weight/undesirable_weight so that (w_D·n_D)/(w_U·n_U) lies in [1, 4/3]: upweight the " \
              "minority class."
-    reference, url = cite(5, 37)
+    reference, url = cite("kto", "trl_docs")
     panels = ("kto_rewards",)
 
     def on_start(self, ctx: Context) -> Finding | None:

@@ -20,7 +20,7 @@ class KtoKlDegenerate(Rule):
     algorithms = frozenset({"kto"})
     action = ("The KL reference point needs mismatched pairs: per-device batch > 1 (≥4; effective 16–128); "
               "loss_type='apo_zero_unpaired' has none by design. z0 is clamped ≥ 0, so 0 early on is normal.")
-    reference, url = cite(5, 37)
+    reference, url = cite("kto", "trl_docs")
     panels = ("kto_kl",)
 
     def __init__(self) -> None:
@@ -52,7 +52,7 @@ class OrpoOddsNotSeparating(Rule):
     keys = ("log_odds_chosen",)
     algorithms = frozenset({"orpo"})
     action = "Check the data (chosen/rejected), raise λ (TRL `beta`; paper 0.1), check the LR (paper 5e-6)."
-    reference, url = cite(6, 37)
+    reference, url = cite("orpo", "trl_docs")
     panels = ("orpo_log_odds", "pref_accuracy")
 
     def __init__(self) -> None:
@@ -92,7 +92,7 @@ class OrpoCpoNllDiverging(Rule):
     keys = ("nll_loss",)
     algorithms = frozenset({"orpo", "cpo"})
     action = "Lower λ/β, raise cpo_alpha (CPO), lower the LR."
-    reference, url = cite(6, 7)
+    reference, url = cite("orpo", "cpo")
     panels = ("orpo_loss", "cpo_loss", "orpo_log_odds", "pref_margin")
 
     def __init__(self) -> None:
@@ -126,7 +126,7 @@ class SimpoMarginBelowGamma(Rule):
     algorithms = frozenset({"cpo"})
     action = ("Tune γ/β (γ/β in [0, 1], start at 0.5) and the LR; keep length normalisation (removing it is the "
               "most damaging ablation).")
-    reference, url = cite(8)
+    reference, url = cite("simpo")
     panels = ("pref_margin",)
 
     def __init__(self) -> None:

@@ -22,7 +22,7 @@ class RlRewardOveropt(Rule):
     algorithms = frozenset({"ppo", "rloo", "grpo", "online_dpo"})
     action = ("Check a held-out / gold metric: if it has peaked, early-stop there; raise the KL penalty, improve "
               "the reward model.")
-    reference, url = cite(16, 12, 14)
+    reference, url = cite("rm_overoptimization", "stiennon2020", "rlhf_secrets_ppo")
     panels = ("rl_reward", "rl_kl", "rl_lengths", "ppo_scores", "odpo_scores")
 
     def __init__(self) -> None:
@@ -64,7 +64,7 @@ class RlLengthHacking(Rule):
     keys = ("completions/mean_length",)
     algorithms = RL
     action = "Add a length penalty or normalisation; balance lengths in the reward model's data."
-    reference, url = cite(17, 14)
+    reference, url = cite("rlhf_length_correlations", "rlhf_secrets_ppo")
     panels = ("rl_lengths", "rl_reward")
 
     def __init__(self) -> None:
@@ -105,7 +105,7 @@ class RlTruncation(Rule):
     algorithms = frozenset({"grpo", "rloo", "online_dpo"})
     action = ("Raise max_completion_length, set mask_truncated_completions=True (overlong filtering), add a soft "
               "overlong punishment or missing_eos_penalty.")
-    reference, url = cite(19, 37, 15)
+    reference, url = cite("dapo", "trl_docs", "rlhf_n_implementation_details")
     panels = ("rl_truncation", "rl_lengths", "odpo_eos")
 
     def __init__(self) -> None:
@@ -146,7 +146,7 @@ class RlEntropyOutOfBand(Rule):
     algorithms = frozenset({"grpo", "rloo", "ppo"})
     action = ("Collapse: epsilon_high=0.28 (Clip-Higher), top_entropy_quantile, raise the temperature, Clip-Cov/"
               "KL-Cov. Blow-up (incoherent text): lower the LR.")
-    reference, url = cite(21, 19)
+    reference, url = cite("rl_entropy_mechanism", "dapo")
     panels = ("rl_entropy", "ppo_entropy", "rl_reward")
 
     def __init__(self) -> None:
@@ -198,7 +198,7 @@ class GrpoZeroVarianceGroups(Rule):
     algorithms = RL
     action = ("Dynamic sampling (DAPO; not in TRL), adjust prompt difficulty, more num_generations, a higher "
               "temperature, a denser reward.")
-    reference, url = cite(19, 37, "trl#3857")
+    reference, url = cite("dapo", "trl_docs", "trl#3857")
     panels = ("rl_zero_std", "rl_reward_std", "optim_grad_norm")
 
     def __init__(self) -> None:
@@ -250,7 +250,7 @@ class GrpoLengthBias(Rule):
     keys = ("completions/mean_length",)
     algorithms = frozenset({"grpo"})
     action = "Use loss_type='dr_grpo' or 'dapo' (TRL's default) and scale_rewards='none' or 'batch'."
-    reference, url = cite(20, 37)
+    reference, url = cite("dr_grpo", "trl_docs")
     panels = ("rl_lengths", "rl_reward")
 
     def __init__(self) -> None:
@@ -289,7 +289,7 @@ class GrpoClipRatio(Rule):
     keys = ("clip_ratio/region_mean",)
     algorithms = RL
     action = "Lower the LR or num_iterations; set epsilon_high=0.28 (Clip-Higher)."
-    reference, url = cite(19, 37)
+    reference, url = cite("dapo", "trl_docs")
     panels = ("rl_clip", "rl_entropy")
 
     def __init__(self) -> None:
@@ -340,7 +340,7 @@ class GrpoRolloutMismatch(Rule):
             "sampling/sampling_logp_difference/mean")
     algorithms = frozenset({"grpo"})
     action = "Keep vllm_importance_sampling_correction=True (TIS); match dtype and kernels between vLLM and training."
-    reference, url = cite(22, 37)
+    reference, url = cite("off_policy_rl_blog", "trl_docs")
     panels = ()
 
     def __init__(self) -> None:
@@ -381,7 +381,7 @@ class GrpoKlUnmonitored(Rule):
     once = True
     action = ("Legitimate (DAPO drops the KL term; R1 uses β=0.001), but reference drift is unmonitored: lean on "
               "the entropy and length panels, or set beta > 0 to log `kl`.")
-    reference, url = cite(19, 23)
+    reference, url = cite("dapo", "deepseek_r1")
     panels = ("rl_kl", "rl_entropy")
 
     def __init__(self) -> None:

@@ -6,64 +6,95 @@ part as verified (V); elsewhere the paper is cited without one rather than with 
 
 from __future__ import annotations
 
-REFS: dict[int, tuple[str, str]] = {
-    1: ("Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model, "
+# Keyed by a name that says which work it is; the comment is its number in the catalog.
+REFS: dict[str, tuple[str, str]] = {
+    "dpo": (  # [1]
+        "Rafailov et al. 2023, Direct Preference Optimization: Your Language Model is Secretly a Reward Model, "
         "arXiv:2305.18290", "https://arxiv.org/abs/2305.18290"),
-    2: ("Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences (IPO), "
+    "ipo": (  # [2]
+        "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences (IPO), "
         "arXiv:2310.12036", "https://arxiv.org/abs/2310.12036"),
-    3: ("Razin et al. 2024, Unintentional Unalignment: Likelihood Displacement in Direct Preference "
+    "likelihood_displacement": (  # [3]
+        "Razin et al. 2024, Unintentional Unalignment: Likelihood Displacement in Direct Preference "
         "Optimization, arXiv:2410.08847", "https://arxiv.org/abs/2410.08847"),
-    4: ("Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive, "
+    "dpo_positive": (  # [4]
+        "Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive, "
         "arXiv:2402.13228", "https://arxiv.org/abs/2402.13228"),
-    5: ("Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, arXiv:2402.01306",
+    "kto": (  # [5]
+        "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, arXiv:2402.01306",
         "https://arxiv.org/abs/2402.01306"),
-    6: ("Hong, Lee, Thorne 2024, ORPO: Monolithic Preference Optimization without Reference Model, "
+    "orpo": (  # [6]
+        "Hong, Lee, Thorne 2024, ORPO: Monolithic Preference Optimization without Reference Model, "
         "arXiv:2403.07691", "https://arxiv.org/abs/2403.07691"),
-    7: ("Xu et al. 2024, Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
+    "cpo": (  # [7]
+        "Xu et al. 2024, Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
         "Machine Translation, arXiv:2401.08417", "https://arxiv.org/abs/2401.08417"),
-    8: ("Meng, Xia, Chen 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward, "
+    "simpo": (  # [8]
+        "Meng, Xia, Chen 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward, "
         "arXiv:2405.14734 (and the princeton-nlp/SimPO README)", "https://arxiv.org/abs/2405.14734"),
-    10: ("Schulman et al. 2017, Proximal Policy Optimization Algorithms, arXiv:1707.06347",
+    "ppo": (  # [10]
+        "Schulman et al. 2017, Proximal Policy Optimization Algorithms, arXiv:1707.06347",
          "https://arxiv.org/abs/1707.06347"),
-    11: ("Ziegler et al. 2019, Fine-Tuning Language Models from Human Preferences, arXiv:1909.08593",
+    "ziegler2019": (  # [11]
+        "Ziegler et al. 2019, Fine-Tuning Language Models from Human Preferences, arXiv:1909.08593",
          "https://arxiv.org/abs/1909.08593"),
-    12: ("Stiennon et al. 2020, Learning to summarize from human feedback, arXiv:2009.01325",
+    "stiennon2020": (  # [12]
+        "Stiennon et al. 2020, Learning to summarize from human feedback, arXiv:2009.01325",
          "https://arxiv.org/abs/2009.01325"),
-    13: ("Ouyang et al. 2022, Training language models to follow instructions with human feedback (InstructGPT), "
+    "instructgpt": (  # [13]
+        "Ouyang et al. 2022, Training language models to follow instructions with human feedback (InstructGPT), "
          "arXiv:2203.02155", "https://arxiv.org/abs/2203.02155"),
-    14: ("Zheng et al. 2023, Secrets of RLHF in Large Language Models Part I: PPO, arXiv:2307.04964",
+    "rlhf_secrets_ppo": (  # [14]
+        "Zheng et al. 2023, Secrets of RLHF in Large Language Models Part I: PPO, arXiv:2307.04964",
          "https://arxiv.org/abs/2307.04964"),
-    15: ("Huang et al. 2024, The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR "
+    "rlhf_n_implementation_details": (  # [15]
+        "Huang et al. 2024, The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR "
          "Summarization, arXiv:2403.17031, §7", "https://arxiv.org/abs/2403.17031"),
-    16: ("Gao, Schulman, Hilton 2022, Scaling Laws for Reward Model Overoptimization, arXiv:2210.10760",
+    "rm_overoptimization": (  # [16]
+        "Gao, Schulman, Hilton 2022, Scaling Laws for Reward Model Overoptimization, arXiv:2210.10760",
          "https://arxiv.org/abs/2210.10760"),
-    17: ("Singhal, Goyal, Xu, Durrett 2023, A Long Way to Go: Investigating Length Correlations in RLHF, "
+    "rlhf_length_correlations": (  # [17]
+        "Singhal, Goyal, Xu, Durrett 2023, A Long Way to Go: Investigating Length Correlations in RLHF, "
          "arXiv:2310.03716", "https://arxiv.org/abs/2310.03716"),
-    19: ("Yu et al. 2025, DAPO: An Open-Source LLM Reinforcement Learning System at Scale, arXiv:2503.14476",
+    "dapo": (  # [19]
+        "Yu et al. 2025, DAPO: An Open-Source LLM Reinforcement Learning System at Scale, arXiv:2503.14476",
          "https://arxiv.org/abs/2503.14476"),
-    20: ("Liu et al. 2025, Understanding R1-Zero-Like Training: A Critical Perspective (Dr. GRPO), "
+    "dr_grpo": (  # [20]
+        "Liu et al. 2025, Understanding R1-Zero-Like Training: A Critical Perspective (Dr. GRPO), "
          "arXiv:2503.20783, Fig. 1", "https://arxiv.org/abs/2503.20783"),
-    21: ("Cui et al. 2025, The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models, "
+    "rl_entropy_mechanism": (  # [21]
+        "Cui et al. 2025, The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models, "
          "arXiv:2505.22617", "https://arxiv.org/abs/2505.22617"),
-    22: ("Yao, Liu et al. 2025, Your Efficient RL Framework Secretly Brings You Off-Policy RL Training (blog)",
+    "off_policy_rl_blog": (  # [22]
+        "Yao, Liu et al. 2025, Your Efficient RL Framework Secretly Brings You Off-Policy RL Training (blog)",
          "https://fengyao.notion.site/off-policy-rl"),
-    23: ("DeepSeek-AI 2025, DeepSeek-R1: Incentivizing Reasoning Capability in LLMs via Reinforcement Learning, "
+    "deepseek_r1": (  # [23]
+        "DeepSeek-AI 2025, DeepSeek-R1: Incentivizing Reasoning Capability in LLMs via Reinforcement Learning, "
          "arXiv:2501.12948", "https://arxiv.org/abs/2501.12948"),
-    25: ("Chowdhery et al. 2022, PaLM: Scaling Language Modeling with Pathways, arXiv:2204.02311",
+    "palm": (  # [25]
+        "Chowdhery et al. 2022, PaLM: Scaling Language Modeling with Pathways, arXiv:2204.02311",
          "https://arxiv.org/abs/2204.02311"),
-    26: ("OLMo Team 2024, 2 OLMo 2 Furious, arXiv:2501.00656", "https://arxiv.org/abs/2501.00656"),
-    27: ("Bekman, Machine Learning Engineering, training/instabilities",
+    "olmo2": (  # [26]
+        "OLMo Team 2024, 2 OLMo 2 Furious, arXiv:2501.00656", "https://arxiv.org/abs/2501.00656"),
+    "ml_engineering_instabilities": (  # [27]
+        "Bekman, Machine Learning Engineering, training/instabilities",
          "https://github.com/stas00/ml-engineering/tree/master/training/instabilities"),
-    24: ("Wortsman et al. 2023, Small-scale proxies for large-scale Transformer training instabilities, "
+    "small_scale_proxies": (  # [24]
+        "Wortsman et al. 2023, Small-scale proxies for large-scale Transformer training instabilities, "
          "arXiv:2309.14322", "https://arxiv.org/abs/2309.14322"),
-    28: ("Micikevicius et al. 2018, Mixed Precision Training, arXiv:1710.03740", "https://arxiv.org/abs/1710.03740"),
-    29: ("Goyal et al. 2017, Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour, arXiv:1706.02677",
+    "mixed_precision": (  # [28]
+        "Micikevicius et al. 2018, Mixed Precision Training, arXiv:1710.03740", "https://arxiv.org/abs/1710.03740"),
+    "large_minibatch_sgd": (  # [29]
+        "Goyal et al. 2017, Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour, arXiv:1706.02677",
          "https://arxiv.org/abs/1706.02677"),
-    30: ("Kalra & Barkeshli 2024, Why Warmup the Learning Rate? Underlying Mechanisms and Improvements, "
+    "why_warmup": (  # [30]
+        "Kalra & Barkeshli 2024, Why Warmup the Learning Rate? Underlying Mechanisms and Improvements, "
          "arXiv:2406.09405", "https://arxiv.org/abs/2406.09405"),
-    31: ("Howard & Whitaker 2023, Can LLMs learn from a single example? (fast.ai)",
+    "fastai_single_example": (  # [31]
+        "Howard & Whitaker 2023, Can LLMs learn from a single example? (fast.ai)",
          "https://www.fast.ai/posts/2023-09-04-learning-jumps/"),
-    37: ("TRL documentation and source (trainer docs, paper index, logging)", "https://huggingface.co/docs/trl"),
+    "trl_docs": (  # [37]
+        "TRL documentation and source (trainer docs, paper index, logging)", "https://huggingface.co/docs/trl"),
 }
 
 # Threads cited by the catalog as [38]
@@ -76,13 +107,14 @@ THREADS = {
 }
 
 
-def cite(*parts: int | str) -> tuple[str, str]:
-    """A reference string joining catalog entries (ints, thread names, or free text such as a verified section
-    appended to the entry before it) and a url: the first arXiv paper's abstract page, else the first link."""
+def cite(*parts: str) -> tuple[str, str]:
+    """A reference string joining catalog entries (``REFS`` names, ``THREADS`` names, or free text such as a
+    verified section appended to the entry before it) and a url: the first arXiv paper's abstract page, else
+    the first link."""
     texts: list[str] = []
     url = ""
     for part in parts:
-        if isinstance(part, int):
+        if part in REFS:
             text, link = REFS[part]
             texts.append(text)
             if "arxiv.org" in link and "arxiv.org" not in url:

@@ -53,7 +53,7 @@ export class AlertFeed {
     const bySev = {};
     for (const a of active) bySev[a.severity] = (bySev[a.severity] ?? 0) + 1;
     this.count.replaceChildren(...Object.keys(SEVERITY).filter((s) => bySev[s]).map((s) =>
-      h("span", { class: "ptt-pill", style: `background:${SEVERITY[s]}`, title: `${bySev[s]} active ${s}` },
+      h("span", { class: "ptt-pill", style: sevStyle(s), title: `${bySev[s]} active ${s}` },
         `${bySev[s]} ${s}`)));
   }
 
@@ -65,12 +65,12 @@ export class AlertFeed {
     const refText = a.reference?.text;
     const card = h("li", {
       class: `ptt-alert ptt-sev-${sev}${resolved ? " ptt-resolved" : ""}${a.muted ? " ptt-muted" : ""}`,
-      style: `border-left-color:${SEVERITY[sev]}`,
+      style: `border-left-color:var(--ptt-sev-${sev}, ${SEVERITY[sev]})`,
       tabindex: 0, title: "Click to zoom the plots to this step",
       "data-alert": a.id, "data-rule": a.rule,
     },
       h("div", { class: "ptt-alert-top" },
-        h("span", { class: "ptt-pill", style: `background:${SEVERITY[sev]}`, text: sev }),
+        h("span", { class: "ptt-pill", style: sevStyle(sev), text: sev }),
         h("code", { class: "ptt-rule", text: a.rule ?? "" }),
         h("span", { class: "ptt-step", text: `step ${fmtNum(a.step)}` }),
         h("span", { class: `ptt-state ${resolved ? "resolved" : "active"}`,
@@ -94,4 +94,9 @@ export class AlertFeed {
     card.addEventListener("keydown", (e) => { if (e.key === "Enter" && e.target === card) focus(); });
     return card;
   }
+}
+
+// Pill colours from the theme's CSS variables (theme.js; AA label on its colour), palette.json's as fallback.
+function sevStyle(sev) {
+  return `background:var(--ptt-sev-${sev}, ${SEVERITY[sev]});color:var(--ptt-on-sev-${sev}, #fff)`;
 }

@@ -12,3 +12,7 @@ export const STATE = Object.freeze({ ...palette.state });
 
 // Category10 minus red/orange, which mean "alert" in this UI.
 export const SERIES = Object.freeze([...palette.series]);
+
+// Per-theme variants (light, dark) for the widget; js/src/theme.js picks one and checks its contrast
+// against the page's real background. The top-level colours above stay the report's (light page).
+export const THEMES = Object.freeze({ ...palette.themes });

@@ -50,7 +50,9 @@ export class Header {
     if (!st) return;
     const state = st.state ?? "running";
     this.badge.textContent = STATE_TEXT[state] ?? state;
-    this.badge.style.background = STATE[state] ?? "#777";
+    // theme.js sets --ptt-state-* (and an AA label colour on it); palette.json's colour before that
+    this.badge.style.background = STATE[state] ? `var(--ptt-state-${state}, ${STATE[state]})` : "var(--ptt-neutral, #6c6c6c)";
+    this.badge.style.color = STATE[state] ? `var(--ptt-on-state-${state}, #fff)` : "var(--ptt-bg, #fff)";
     if (st.trainer || st.algorithm) {
       this.title.textContent = [st.trainer, st.algorithm].filter(Boolean).join(" · ");
     }

@@ -2,7 +2,7 @@
 //
 // Interval i covers steps (steps[i-1], steps[i]]; drawing rects with that
 // real width keeps the x axis in steps, aligned with the metric panels.
-import Bokeh, { embedRoots } from "./bokeh.js";
+import Bokeh, { applyPlotTheme, embedRoots } from "./bokeh.js";
 import { h } from "./dom.js";
 
 export class RankHeatmap {
@@ -61,6 +61,7 @@ export class RankHeatmap {
       fig.yaxis.ticker = new Bokeh.FixedTicker({ ticks: Array.from({ length: world }, (_, i) => i) });
     }
     this.fig = fig;
+    applyPlotTheme(fig, this.theme);
     const p = embedRoots([fig], [this.cell]).then((e) => { this._embed = e; }, (err) => console.error("ptt_nb:", err));
     this._pending = p;
   }
@@ -91,6 +92,12 @@ export class RankHeatmap {
     this.note.textContent = strag.length ? `⚠ straggler rank${strag.length > 1 ? "s" : ""}: ${strag.join(", ")}` : "";
     const overrides = new Map(strag.map((r) => [r, `${r} ⚠`]));
     this.fig.yaxis.major_label_overrides = overrides;
+  }
+
+  /** The page's theme changed (theme.js colours): re-colour in place. */
+  setTheme(theme) {
+    this.theme = theme;
+    applyPlotTheme(this.fig, theme);
   }
 
   async settled() { await this._pending; }

@@ -6,7 +6,7 @@
 // only embedded (views built, canvas painted) once its cell is near the
 // viewport; panels of group "other" sit in a collapsed <details> and so are
 // built when it is first opened. See PanelGrid for the repaint rationing.
-import Bokeh, { embedRoots } from "./bokeh.js";
+import Bokeh, { applyPlotTheme, embedRoots } from "./bokeh.js";
 import { SeriesBuffer } from "./series.js";
 import { SEVERITY, SERIES } from "./colors.js";
 import { h } from "./dom.js";
@@ -16,8 +16,9 @@ const ZOOM_DEBOUNCE_MS = 150;
 const PLOT_HEIGHT = 230;
 
 class Panel {
-  constructor(spec, { onZoom }) {
+  constructor(spec, { onZoom, theme }) {
     this.spec = spec;
+    this.theme = theme ?? null; // theme.js colours; null → palette.json's light ones
     this.id = spec.id;
     this.onZoom = onZoom;
     this.extent = [Infinity, -Infinity]; // steps seen, for "reset" → full range
@@ -91,23 +92,31 @@ class Panel {
       line_color: { field: "color" }, line_alpha: 0.9, line_width: 1.5, line_dash: "dashed",
     });
 
+    this.refSpans = [];
+    this.refLabels = [];
     for (const [i, ref] of (spec.refs ?? []).entries()) {
       if (spec.y_scale === "log" && !(ref.y > 0)) continue;
-      fig.add_layout(new Bokeh.Span({
+      const span = new Bokeh.Span({
         location: ref.y, dimension: "width", line_color: "#888", line_dash: "dashed", line_width: 1,
-      }));
+      });
+      fig.add_layout(span);
+      this.refSpans.push(span);
       if (ref.label) {
-        fig.add_layout(new Bokeh.Label({
+        const label = new Bokeh.Label({
           x: 6, x_units: "screen", y: ref.y, text: ref.label,
           text_font_size: "8pt", text_color: "#555", y_offset: 3,
-          background_fill_color: "white", background_fill_alpha: 0.7,
-        }));
+          background_fill_color: "white", background_fill_alpha: 0.85,
+        });
+        fig.add_layout(label);
+        this.refLabels.push(label);
       }
     }
 
     const renderers = [];
+    this.glyphs = []; // [{i, renderer}] for re-colouring on a theme change
+    const series = this.theme?.series ?? SERIES;
     this.lines.forEach((ln, i) => {
-      const color = SERIES[i % SERIES.length];
+      const color = series[i % series.length];
       const source = new Bokeh.ColumnDataSource({ data: { x: new Float64Array(0), y: new Float64Array(0) } });
       const isEval = ln.split === "eval";
       const { label } = ln;
@@ -117,11 +126,12 @@ class Panel {
         legend_label: label,
       });
       renderers.push(line);
+      this.glyphs.push({ i, renderer: line });
       if (isEval) {
-        fig.scatter({
+        this.glyphs.push({ i, renderer: fig.scatter({
           x: { field: "x" }, y: { field: "y" }, source, size: 5,
           fill_color: color, line_color: color, legend_label: label,
-        });
+        }) });
       }
       // the buffer may already hold points: the next flush sends them all
       Object.assign(ln, { source, replace: true, chunks: [] });
@@ -165,6 +175,7 @@ class Panel {
     fig.on_event("rangesupdate", (ev) => this._rangeChanged(ev.x0, ev.x1));
     fig.on_event("reset", () => { this._resetPending = true; this._rangeChanged(NaN, NaN); });
     this.fig = fig;
+    this._applyTheme();
     // Pointer state, so a slow pan does not send a zoom per pause mid-drag.
     this._dragging = false;
     this.cell.addEventListener("pointerdown", () => { this._dragging = true; });
@@ -253,11 +264,11 @@ class Panel {
       line.chunks = [];
     }
     if (this._pendingMarkers) {
-      this.markers.data = this._pendingMarkers;
+      this.markers.data = this._recolor(this._pendingMarkers);
       this._pendingMarkers = null;
     }
     if (this._pendingBt) {
-      this.btMarkers.data = this._pendingBt;
+      this.btMarkers.data = this._recolor(this._pendingBt);
       this._pendingBt = null;
     }
     this.dirty = false;
@@ -292,6 +303,36 @@ class Panel {
     this.dirty = true;
   }
 
+  /** New theme colours: applied in place to a built figure (BokehJS repaints on setv). */
+  setTheme(theme) {
+    this.theme = theme;
+    if (this.fig) this._applyTheme();
+  }
+
+  _applyTheme() {
+    const t = this.theme;
+    if (!t || !this.fig) return;
+    applyPlotTheme(this.fig, t);
+    for (const { i, renderer } of this.glyphs) {
+      const c = t.series[i % t.series.length];
+      const g = renderer.glyph;
+      g.setv("fill_color" in g.properties ? { line_color: c, fill_color: c } : { line_color: c });
+    }
+    for (const sp of this.refSpans) sp?.setv({ line_color: t.text3 });
+    for (const lb of this.refLabels) lb.setv({ text_color: t.text2, background_fill_color: t.background });
+    for (const src of [this.markers, this.btMarkers]) {
+      if (src && src.data.color?.length) src.data = this._recolor({ ...src.data });
+    }
+  }
+
+  /** Marker columns coloured by severity for the current theme (palette.json's light colours before one). */
+  _recolor(d) {
+    const sev = this.theme?.severity ?? SEVERITY;
+    const fallback = this.theme?.neutral ?? "#999";
+    d.color = d.severity.map((s) => sev[s] ?? fallback);
+    return d;
+  }
+
   destroy() {
     clearTimeout(this._timer);
     window.removeEventListener("pointerup", this._onUp, true);
@@ -320,6 +361,7 @@ const MIN_STREAM_INTERVAL_MS = 1000;
 export class PanelGrid {
   constructor({ send }) {
     this.send = send;
+    this.theme = null; // theme.js colours, handed to every panel
     this.panels = new Map();
     this.el = h("div", { class: "ptt-panels" });
     this._pendingEmbeds = new Set();
@@ -336,7 +378,7 @@ export class PanelGrid {
     const onZoom = (panel, x0, x1) => this.send({ type: "zoom", panel, x0, x1 });
     const core = [], other = [];
     for (const spec of specs ?? []) {
-      const p = new Panel(spec, { onZoom });
+      const p = new Panel(spec, { onZoom, theme: this.theme });
       this.panels.set(spec.id, p);
       (spec.group === "other" ? other : core).push(p);
       this.io?.observe(p.cell);
@@ -410,6 +452,12 @@ export class PanelGrid {
       .catch((err) => { p.embed = { dispose() {} }; console.error("ptt_nb: BokehJS embed failed", err); })
       .finally(() => { this._pendingEmbeds.delete(pr); this._kick(); });
     this._pendingEmbeds.add(pr);
+  }
+
+  /** The page's theme changed: re-colour built figures in place, later ones are built with it. */
+  setTheme(theme) {
+    this.theme = theme;
+    for (const p of this.panels.values()) p.setTheme(theme);
   }
 
   /** Resolves when every visible panel is built and has all its data. */

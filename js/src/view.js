@@ -8,6 +8,7 @@ import { Header } from "./header.js";
 import { PanelGrid } from "./panels.js";
 import { AlertFeed } from "./alerts.js";
 import { RankHeatmap } from "./heatmap.js";
+import { cssVariables, watchTheme } from "./theme.js";
 
 export class DashboardView {
   /**
@@ -34,7 +35,32 @@ export class DashboardView {
         h("div", { class: "ptt-main" }, this.grid.el, this.heatmap.el),
         this.feed.el));
     el.append(this.root);
+    // Follow the page's theme (Lab/Notebook, VS Code, prefers-color-scheme), now and on every change.
+    this.theme = null;
+    this._unwatchTheme = opts.watchTheme === false ? null : watchTheme(this.root, (t) => this.setTheme(t));
+    this._wrapTimer = setTimeout(() => { if (this.theme) this._fixWrapper(this.theme); }, 0); // once attached
     this.queue = createQueue({ apply: (b) => this._apply(b), schedule: opts.schedule });
+  }
+
+  /** Colours from theme.js: CSS variables on the root, plots re-coloured in place. */
+  setTheme(t) {
+    this.theme = t;
+    for (const [k, v] of Object.entries(cssVariables(t))) this.root.style.setProperty(k, v);
+    this.root.dataset.pttTheme = `${t.kind}${t.highContrast ? "-hc" : ""}`;
+    this.root.dataset.pttThemeHost = t.host;
+    this.grid.setTheme(t);
+    this.heatmap.setTheme(t);
+    this._fixWrapper(t);
+  }
+
+  _fixWrapper(t) {
+    // VS Code paints widget output on white whatever the theme (microsoft/vscode-jupyter#7161): let our
+    // own background show instead, and give the wrapper its colour back when the view goes.
+    const wrap = this.root.closest?.(".cell-output-ipywidget-background");
+    if (wrap && t.host === "vscode") {
+      if (this._wrap == null) this._wrap = { el: wrap, bg: wrap.style.background };
+      wrap.style.background = t.background;
+    }
   }
 
   push(msg) {
@@ -80,6 +106,10 @@ export class DashboardView {
   }
 
   destroy() {
+    this._unwatchTheme?.();
+    this._unwatchTheme = null;
+    clearTimeout(this._wrapTimer);
+    if (this._wrap) { this._wrap.el.style.background = this._wrap.bg; this._wrap = null; }
     this.queue.clear();
     this.grid.destroy();
     this.heatmap.destroy();

@@ -1,4 +1,5 @@
-"""``ptt-nb``: the command line. ``demo`` (a tiny headless run), ``report``, ``summary``, ``rules``, ``watch``.
+"""``ptt-nb``: the command line. ``demo`` (a tiny headless run), ``report``, ``summary``, ``rules``, ``watch``,
+``diagnose`` (any recorded run through the rules; ``ptt_nb/_diagnose.py``).
 
 Every user error (missing folder, not a run folder, an events file without a run header) is one line on
 stderr and a non-zero exit, never a traceback; set ``PTT_NB_DEBUG=1`` to see the traceback anyway.
@@ -392,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ptt_nb._version import __version__
 
     parser = argparse.ArgumentParser(prog="ptt-nb", description="Diagnostics for Hugging Face TRL post-training "
-                                     "runs: tiny demo run, HTML report, text summary, rule catalog, live watch.")
+                                     "runs: tiny demo run, HTML report, text summary, rule catalog, live watch, "
+                                     "diagnose.")
     parser.add_argument("--version", action="version", version=f"ptt-nb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -434,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--idle-timeout", type=float, default=0.0,
                        help="give up (exit 3) after this many seconds without a new event (default: never)")
     watch.set_defaults(func=cmd_watch)
+
+    from ptt_nb._diagnose import add_parser as add_diagnose
+
+    add_diagnose(sub)  # diagnose: its body lives in ptt_nb/_diagnose.py
     return parser
 
 

@@ -90,14 +90,23 @@ class Follower:
         return events
 
 
-def load_run(run_dir: str | os.PathLike[str], *, evaluate: bool = False) -> Monitor:
-    """Load a run folder back into a Monitor (recorded alerts as they were; ``evaluate=True`` re-runs rules).
+def load_run(path: str | os.PathLike[str], *, evaluate: bool = False, format: str | None = None,
+             algorithm: str | None = None, **options: Any) -> Monitor:
+    """Load a run back into a Monitor: a ptt_nb run folder (recorded alerts as they were; ``evaluate=True``
+    re-runs the rules), or a run recorded by another tool, replayed through the rules
+    (``trainer_state.json``, TensorBoard events, a trackio database, a W&B offline run, CSV/JSONL of log dicts).
 
-    ``run_dir`` may also be a parent folder such as ``output_dir/ptt_nb``; its newest run is loaded.
+    ``path`` may also be a parent folder such as ``output_dir/ptt_nb``; its newest run is loaded. ``format``
+    forces a reader (``"ptt_nb"`` or one of ``sources._import.FORMATS``); ``algorithm`` overrides the trainer an
+    imported run was told to be; ``run=`` picks one run of a trackio project.
     """
-    found = find_run_dir(run_dir)
+    found = find_run_dir(path) if format in (None, "ptt_nb") else None
     if found is None:
-        raise FileNotFoundError(f"{run_dir}: no {EVENTS_FILE} here or in its sub-folders")
+        if format == "ptt_nb":
+            raise FileNotFoundError(f"{path}: no {EVENTS_FILE} here or in its sub-folders")
+        from ptt_nb.sources._import import load_imported
+
+        return load_imported(path, format=format, algorithm=algorithm, **options)
     run_dir = found
     events, problems = read_events(run_dir)
     monitor = Monitor(evaluate=evaluate)

@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# the CPU build of torch lies on this machine's disk; installing it first keeps pip from fetching a CUDA build
 	$(PIP) install -q torch==2.13.0
+	# hatchling's build hook (hatch-jupyter-builder) builds $(JS_BUNDLE) here when it is missing (needs node);
+	# the $(JS_BUNDLE) rule below rebuilds it when js/ sources change
 	$(PIP) install -q -c constraints.txt -e '.[notebook,report,trl,test]'
 	touch $(STAMP)
 

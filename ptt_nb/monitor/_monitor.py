@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ptt_nb.events import SEVERITY_RANK, Alert, Control, Event, Metrics, RankStats, RunEnd, RunStart
+from ptt_nb.monitor import _normalise as normalise
 from ptt_nb.monitor import _profiles as profiles
 from ptt_nb.monitor._history import MetricHistory
 from ptt_nb.rules._builtin import default_rules, select_rules
@@ -85,9 +86,16 @@ class Monitor:
         self.warnings: list[str] = []
         self.run_dir: Any = None  # set by the callback or the reader
         self.postmortem: dict[str, Any] | None = None
+        self._sink_failures: dict[int, int] = {}  # id of a keep_attached sink -> its failures
+        self._notices: list[Alert] = []  # rule_error alerts about a rule's output that had to be made safe
+        self._fixed_rules: set[str] = set()
+        self._bad_log_keys: set[Any] = set()
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def subscribe(self, sink: Sink) -> Callable[[], None]:
+        report_to = getattr(sink, "report_to", None)
+        if report_to is not None:  # the run folder's writer: its write errors reach ``warnings`` (widget, report)
+            report_to(self.warn)
         self.sinks = (*self.sinks, sink)
         return lambda: self._detach(sink)
 
@@ -99,8 +107,21 @@ class Monitor:
             try:
                 sink(event)
             except Exception as exc:  # a sink (widget, disk) failing must not stop training
-                self._detach(sink)
-                self.warn(f"ptt_nb: an event sink failed ({type(exc).__name__}: {exc}) and was detached")
+                self._sink_failed(sink, event, exc)
+
+    def _sink_failed(self, sink: Sink, event: Event, exc: Exception) -> None:
+        """A failing sink (widget, console, notifier) is detached with a warning and the others go on; the run
+        folder's writer (``keep_attached``) never is: it handles its own write errors, and should it still raise,
+        it is told once and keeps getting every later event."""
+        why = f"{type(exc).__name__}: {normalise.text(exc, 300)}"
+        if getattr(sink, "keep_attached", False):
+            n = self._sink_failures[id(sink)] = self._sink_failures.get(id(sink), 0) + 1
+            if n == 1:
+                self.warn(f"ptt_nb: the run-folder writer failed on a {event.kind} event ({why}); it stays attached "
+                          "and gets every later event")
+            return
+        self._detach(sink)
+        self.warn(f"ptt_nb: an event sink failed ({why}) and was detached; the run folder and the other sinks go on")
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -121,14 +142,19 @@ class Monitor:
         if self.evaluate:
             self.engine = Engine(select_rules(default_rules(), self._select, self._exclude), self.ctx)
             for rule in self._extra_rules:  # custom rules override built-ins with the same id
-                self.engine.add(rule)
+                self.engine.add(normalise.guard_rule(rule, self._rule_output_fixed))
         self._t_start = run.t
         self.emit(run)
         if self.evaluate:
-            self._publish_alerts(self.engine.start())
+            self._publish_alerts(self._with_notices(self.engine.start()))
 
-    def log(self, step: int, values: dict[str, float], split: str = "train", t: float | None = None) -> list[Alert]:
+    def log(self, step: int, values: dict[str, float], split: str = "train", t: float | None = None, *,
+            floats: bool = False) -> list[Alert]:
         """Ingest one log point; returns the alerts it opened or resolved (none yet when it was deferred).
+
+        A value that is not a number a float can hold is left out (one warning per key) and a key no sink could
+        write is made safe (``_normalise``); ``floats=True`` says every value already is a plain float (the
+        callback's ``_numeric`` makes them so), which skips that test (~0.5 us a step for 20 keys).
 
         The point is recorded (event sinks, run folder) at once. With ``defer_s`` > 0 (live runs that do not
         auto-stop) the history and the rules take it in a short batch instead: at most ``defer_s`` seconds
@@ -138,6 +164,8 @@ class Monitor:
         (slow steps, where the cost does not matter) are never held back, nor are points less than
         ``DEFER_MIN_GAP_S`` apart (nothing ran in between to evict the caches, so a batch would gain nothing).
         """
+        if not floats and not normalise.floats_only(values):  # TRL logs plain floats: nothing to do then
+            values = normalise.log_values(values, step, self._bad_log_keys, self.warn)
         for name, _formula, fn in self.profile.derived:
             if split == "train":
                 value = fn(values)
@@ -146,12 +174,19 @@ class Monitor:
         keys = tuple(values)
         if split == "train":
             if keys != self._train_keys:  # TRL logs the same keys every step: look for new ones only on a change
+                clean = normalise.log_keys(values)  # a key no sink can write (not text, a lone surrogate)
+                if clean is not None:
+                    values, keys = clean, tuple(clean)
                 self._train_keys = keys
                 for key in values:
                     if key not in self.history and key not in self._other_keys and not self._is_profile_key(key):
                         self._other_keys.append(key)
             else:
                 keys = self._train_keys  # one tuple object per key set: identity checks in history and engine
+        else:
+            clean = normalise.log_keys(values)
+            if clean is not None:
+                values, keys = clean, tuple(clean)
         if t is None:
             t = time.time()
         if split == "train":  # steps/s for the ETA: an EWMA over log points (inline: this runs every step)
@@ -184,9 +219,32 @@ class Monitor:
         if not self.evaluate or split == "summary":
             return []
         alerts = self.engine.evaluate(step, split, values, keys)
+        if self._notices:
+            alerts = self._with_notices(alerts)
         if alerts:
             self._publish_alerts(alerts)
         return alerts
+
+    def _rule_output_fixed(self, rule: Rule, fixes: list[str]) -> None:
+        """A custom rule's output had to be made safe (``_normalise.guard_rule``): say so once per rule, as a
+        ``rule_error`` alert; the rule keeps running."""
+        if rule.id in self._fixed_rules:
+            return
+        self._fixed_rules.add(rule.id)
+        step = self.ctx.step
+        what = "; ".join(fixes[:3]) + (f"; and {len(fixes) - 3} more" if len(fixes) > 3 else "")
+        self._notices.append(Alert(
+            id=f"rule_output:{rule.id}@{step}", rule="rule_error", severity="low", step=step,
+            message=f"Rule {rule.id!r} ({rule.source}) returned output that ptt_nb had to make safe to record: "
+                    f"{what}. The rule keeps running.",
+            action="Return text for message and action, and plain numbers in evidence (see Finding).",
+            evidence={}))
+
+    def _with_notices(self, alerts: list[Alert]) -> list[Alert]:
+        if not self._notices:
+            return alerts
+        notices, self._notices = self._notices, []
+        return notices + alerts
 
     def drain(self) -> list[Alert]:
         """Take every deferred log point into the history and rules now (on the thread that feeds the run).
@@ -220,13 +278,14 @@ class Monitor:
     def add_rule(self, rule: Rule) -> list[Alert]:
         """Add (or replace) a rule on a run that may already be going; its config-time check runs at once.
         Call it on the thread that feeds this Monitor (``session.Applier`` does)."""
-        alerts = self.engine.add(rule)
+        alerts = self._with_notices(self.engine.add(normalise.guard_rule(rule, self._rule_output_fixed)))
         if alerts:
             self._publish_alerts(alerts)
         return alerts
 
     def add_alert(self, alert: Alert) -> None:
-        """Record an alert event (from the engine, a distributed check, or a replayed file)."""
+        """Record an alert event (from the engine, a distributed check, or a replayed file), made safe first."""
+        normalise.alert(alert)
         if alert.state == "resolved":
             for i in range(len(self.alerts) - 1, -1, -1):
                 if self.alerts[i].id == alert.id:
@@ -249,7 +308,7 @@ class Monitor:
             return []
         from ptt_nb.rules._distributed import RANK_SPLIT, rank_values
 
-        alerts = self.engine.evaluate(stats.step, RANK_SPLIT, rank_values(stats))
+        alerts = self._with_notices(self.engine.evaluate(stats.step, RANK_SPLIT, rank_values(stats)))
         if alerts:
             self._publish_alerts(alerts)
         return alerts

@@ -22,6 +22,7 @@ from ptt_nb._layout import find_run_dir
 from ptt_nb.events import RunStart
 from ptt_nb.monitor import _profiles as profiles
 from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.monitor._normalise import safe_repr
 from ptt_nb.rules import _catalog  # noqa: F401 - import the rule catalog now, not on the run's clock
 from ptt_nb.sinks import _postmortem as postmortem
 from ptt_nb.sinks._console import ConsoleSink
@@ -97,8 +98,8 @@ def _numeric(logs: dict[str, Any], step: int, warned: set[str]) -> tuple[dict[st
             continue
         try:
             values[key] = float(value)  # ints, numpy and 0-d torch scalars
-        except (TypeError, ValueError):
-            text[key] = repr(value)[:200]
+        except Exception:  # noqa: BLE001 - TypeError, ValueError, OverflowError (a huge int), a many-element tensor
+            text[key] = safe_repr(value, 200)
             if key not in warned:
                 warned.add(key)
                 log.warning("ptt_nb: log key %r at step %s has a non-numeric value (%s); it is kept out of the "
@@ -334,11 +335,11 @@ class DiagnosticsCallback(TrainerCallback):
         # carries train_runtime. Checking two keys is enough and keeps the per-step cost flat.
         if "train_runtime" in values:
             split = "summary"
-        elif "eval_runtime" in values or next(iter(values), "").startswith("eval_"):
+        elif "eval_runtime" in values or str(next(iter(values), "")).startswith("eval_"):
             split = "eval"
         else:
             split = "train"
-        monitor.log(state.global_step, values, split)
+        monitor.log(state.global_step, values, split, floats=True)  # _numeric made every value a float
         if monitor.stop_requested and self._stop_agreed():
             control.should_training_stop = True
 

@@ -45,7 +45,8 @@ LINE_HELP = """\
   stop                    stop the current run at the next step (or stop following a watched folder)
   train TRAINER           run TRAINER.train() in a background thread; the notebook stays usable
   watch RUN_DIR           follow a run folder that another process is writing
-  replay RUN_DIR          load a finished or crashed run (and its postmortem)
+  replay PATH             load a finished or crashed run (and its postmortem), or one recorded by another
+                          tool (trainer_state.json, TensorBoard, trackio .db, W&B offline run, CSV/JSONL)
   report [RUN_DIR] [-o F] write the static HTML report
 
 %%ptt [--dry-run] [--severity LEVEL] [--save FILE]
@@ -76,8 +77,10 @@ def _line_parser() -> _Parser:
     watch.add_argument("--interval", type=float, default=0.2, help="seconds between polls (default 0.2)")
     watch.add_argument("--no-show", action="store_true", help="do not display the dashboard")
     watch.add_argument("--stop", action="store_true", help="stop following")
-    replay = sub.add_parser("replay", help="load a finished or crashed run folder")
-    replay.add_argument("run_dir", metavar="RUN_DIR")
+    replay = sub.add_parser("replay", help="load a finished or crashed run folder, or a run another tool recorded")
+    replay.add_argument("run_dir", metavar="PATH")
+    replay.add_argument("--format", help="force a reader (ptt_nb, trainer_state, tensorboard, trackio, wandb, table)")
+    replay.add_argument("--algorithm", help="an imported run's algorithm when it cannot be told (dpo, grpo, ...)")
     replay.add_argument("--no-show", action="store_true", help="do not display the dashboard")
     report = sub.add_parser("report", help="write the static HTML report")
     report.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="default: the current run")

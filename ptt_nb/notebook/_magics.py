@@ -296,8 +296,8 @@ class PttMagics(Magics):
 
         path = Path(args.run_dir).expanduser()
         try:
-            monitor = load_run(path)
-        except FileNotFoundError as exc:
+            monitor = load_run(path, format=args.format, algorithm=args.algorithm)
+        except (FileNotFoundError, ValueError) as exc:  # ValueError: no reader recognises it (names the formats)
             raise UsageError(f"%ptt replay: {exc}") from None
         SESSION.set_current(monitor, "replay")
         print(_status_text(monitor, "replay"))

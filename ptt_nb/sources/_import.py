@@ -10,13 +10,13 @@ and turns the log dicts into events. What cannot be told is said in one line in 
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptt_nb._layout import EVENTS_FILE
 from ptt_nb.events import Metrics, RunEnd, RunStart
 from ptt_nb.monitor import _profiles as profiles
 from ptt_nb.monitor._monitor import Monitor
@@ -149,9 +149,9 @@ def detect_algorithm(trainer: str, config: dict[str, Any], keys: Iterable[str]) 
                            "only — pass algorithm= to choose")
     scores.sort(reverse=True)
     best = scores[0]
-    ties = [s[2] for s in scores if s[:2] == best[:2]]
-    if len(ties) > 1:
-        return best[2], (f"trainer: the log keys fit {' and '.join(sorted(ties))} equally; diagnosed as {best[2]} "
+    ties = [name for name in profiles.TRL_KEYS if any(s[2] == name and s[:2] == best[:2] for s in scores)]
+    if len(ties) > 1:  # the first in the profiles' order (grpo before rloo), said so
+        return ties[0], (f"trainer: the log keys fit {' and '.join(ties)} equally; diagnosed as {ties[0]} "
                          "— pass algorithm= to choose")
     return best[2], f"trainer: {best[2]} (told from the log keys; no config recorded)"
 
@@ -172,7 +172,8 @@ def read(path: str | os.PathLike[str], *, format: str | None = None, **options: 
     """Read a run written by another tool; ``format`` forces one of ``FORMATS``."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
+        raise FileNotFoundError(f"{p}: no such file or folder (neither a ptt_nb run folder with {EVENTS_FILE} nor a "
+                                "run recorded by another tool)")
     if format is not None:
         if format not in FORMATS:
             raise ImportFormatError(f"{p}: unknown format {format!r}; choose one of ptt_nb, {', '.join(FORMATS)}")
@@ -181,7 +182,7 @@ def read(path: str | os.PathLike[str], *, format: str | None = None, **options: 
         fmt = detect_format(p)
         if fmt is None:
             raise ImportFormatError(
-                f"{p}: not a run any reader recognises (tried ptt_nb events.jsonl, {', '.join(FORMATS)}); "
+                f"{p}: not a run any reader recognises (tried ptt_nb {EVENTS_FILE}, {', '.join(FORMATS)}); "
                 "pass format= to force one")
     return _reader(fmt).read(p, **options)
 
@@ -231,7 +232,3 @@ def load_imported(path: str | os.PathLike[str], *, format: str | None = None, al
                   **options: Any) -> Monitor:
     """``ptt_nb.load_run`` for anything that is not a ptt_nb run folder."""
     return to_monitor(read(path, format=format, **options), algorithm=algorithm)
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

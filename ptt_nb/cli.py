@@ -72,6 +72,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CLIError(f"the HTML report needs bokeh ({exc}); pip install 'ptt-nb[report]'") from None
     monitor = load(args.run_dir)
+    if getattr(args, "baseline", None):
+        from ptt_nb.rules._catalog_baseline import attach_baseline
+
+        try:
+            baseline = attach_baseline(monitor, args.baseline)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CLIError(f"--baseline: {exc}") from None
+        if baseline.note:
+            print(f"ptt-nb: {baseline.note}", file=sys.stderr)
     out = Path(args.output) if args.output else Path(monitor.run_dir) / REPORT_FILE
     path = write_report(monitor, out)
     print(path)
@@ -414,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the self-contained HTML report of a run folder")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("-o", "--output", metavar="FILE", help="default: RUN_DIR/report.html")
+    report.add_argument("--baseline", metavar="RUN", help="a run to draw beside this one (aligned by step, or by "
+                        "samples seen when batch sizes differ); its band rules add their alerts")
     report.set_defaults(func=cmd_report)
 
     summary = sub.add_parser("summary", help="one-screen text summary of a run folder")

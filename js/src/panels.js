@@ -43,6 +43,7 @@ class Panel {
     this.lines = (spec.series ?? []).map((s) => ({
       key: s.key, split: s.split ?? null, label: s.label ?? s.key,
       buf: new SeriesBuffer(), source: null, replace: false, chunks: [],
+      base: null, // the baseline run's copy (split "baseline:<split>"): {buf, source, replace}
     }));
     this.fig = null;
   }
@@ -135,6 +136,7 @@ class Panel {
       }
       // the buffer may already hold points: the next flush sends them all
       Object.assign(ln, { source, replace: true, chunks: [] });
+      if (ln.base) this._addBaseline(ln, i);
     });
     this.dirty = true;
 
@@ -229,6 +231,7 @@ class Panel {
    * scheduler decides this panel may repaint. Returns true if it matched.
    */
   apply(key, split, mode, steps, values) {
+    if (split != null && split.startsWith("baseline:")) return this._applyBaseline(key, split.slice(9), steps, values);
     let hit = false;
     for (const line of this.lines) {
       if (line.key !== key || (split != null && line.split != null && line.split !== split)) continue;
@@ -246,9 +249,44 @@ class Panel {
     return hit;
   }
 
+  /** The baseline's line for `ln`: its colour, thinner, dashed and dimmed; no hover (the run's own is read). */
+  _addBaseline(ln, i) {
+    const color = (this.theme?.series ?? SERIES)[i % (this.theme?.series ?? SERIES).length];
+    const source = new Bokeh.ColumnDataSource({ data: { x: new Float64Array(0), y: new Float64Array(0) } });
+    const renderer = this.fig.line({
+      x: { field: "x" }, y: { field: "y" }, source, name: `${ln.label} (baseline)`,
+      line_color: color, line_width: 1.2, line_alpha: 0.45, line_dash: [6, 4],
+      legend_label: `${ln.label} (baseline)`,
+    });
+    this.glyphs.push({ i, renderer });
+    Object.assign(ln.base, { source, replace: true });
+  }
+
+  /** A baseline series: always a whole replace (it does not grow); drawn beside the line it matches. */
+  _applyBaseline(key, split, steps, values) {
+    let hit = false;
+    for (const line of this.lines) {
+      if (line.key !== key || (line.split != null && line.split !== split)) continue;
+      hit = true;
+      line.base ??= { buf: new SeriesBuffer(), source: null, replace: false };
+      line.base.buf.replace(steps, values);
+      line.base.replace = true;
+      this.dirty = true;
+      this.urgent = true;
+    }
+    return hit;
+  }
+
   /** Push pending points into the BokehJS sources (this triggers a repaint). */
   flush(now) {
     this.ensureFig();
+    this.lines.forEach((ln, i) => {
+      if (ln.base && ln.base.source == null) this._addBaseline(ln, i);
+      if (ln.base?.replace) {
+        ln.base.source.data = { x: ln.base.buf.x, y: ln.base.buf.y };
+        ln.base.replace = false;
+      }
+    });
     for (const line of this.lines) {
       if (line.replace) {
         line.source.data = { x: line.buf.x, y: line.buf.y };

@@ -90,6 +90,7 @@ class Monitor:
         self._notices: list[Alert] = []  # rule_error alerts about a rule's output that had to be made safe
         self._fixed_rules: set[str] = set()
         self._bad_log_keys: set[Any] = set()
+        self.baseline: Any = None  # a monitor._baseline.Baseline drawn beside this run (callback, %ptt compare)
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def subscribe(self, sink: Sink) -> Callable[[], None]:

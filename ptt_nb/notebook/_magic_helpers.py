@@ -47,6 +47,7 @@ LINE_HELP = """\
   watch RUN_DIR           follow a run folder that another process is writing
   replay PATH             load a finished or crashed run (and its postmortem), or one recorded by another
                           tool (trainer_state.json, TensorBoard, trackio .db, W&B offline run, CSV/JSONL)
+  compare RUN BASE [BASE…] RUN with BASE drawn beside it; band alerts against each BASE
   report [RUN_DIR] [-o F] write the static HTML report
 
 %%ptt [--dry-run] [--severity LEVEL] [--save FILE]
@@ -77,6 +78,9 @@ def _line_parser() -> _Parser:
     watch.add_argument("--interval", type=float, default=0.2, help="seconds between polls (default 0.2)")
     watch.add_argument("--no-show", action="store_true", help="do not display the dashboard")
     watch.add_argument("--stop", action="store_true", help="stop following")
+    compare = sub.add_parser("compare", help="a run with a baseline run drawn beside it, and the band alerts")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="the run, then its baseline(s)")
+    compare.add_argument("--no-show", action="store_true", help="do not display the dashboard")
     replay = sub.add_parser("replay", help="load a finished or crashed run folder, or a run another tool recorded")
     replay.add_argument("run_dir", metavar="PATH")
     replay.add_argument("--format", help="force a reader (ptt_nb, trainer_state, tensorboard, trackio, wandb, table)")

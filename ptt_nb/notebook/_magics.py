@@ -311,6 +311,28 @@ class PttMagics(Magics):
         if not args.no_show:
             self._show(monitor)
 
+    def _cmd_compare(self, args: argparse.Namespace) -> None:
+        from ptt_nb.rules._catalog_baseline import attach_baseline
+        from ptt_nb.sources._reader import load_run
+
+        if len(args.runs) < 2:
+            raise UsageError("%ptt compare RUN BASELINE [BASELINE…]: give the run and at least one baseline")
+        try:
+            monitor = load_run(Path(args.runs[0]).expanduser())
+            for path in reversed(args.runs[1:]):  # the dashboard draws the first baseline
+                before = len(monitor.alerts)
+                baseline = attach_baseline(monitor, Path(path).expanduser())
+                found = [a for a in monitor.alerts[before:] if a.state == "active"]
+                print(f"against {baseline.run_id} (aligned by {baseline.align_by}): "
+                      f"{len(found) or 'no'} band alert(s)")
+                for a in found:
+                    print(f"  step {a.step} [{a.severity}] {a.message}")
+        except FileNotFoundError as exc:
+            raise UsageError(f"%ptt compare: {exc}") from None
+        SESSION.set_current(monitor, "replay")
+        if not args.no_show:
+            self._show(monitor)
+
     def _cmd_report(self, args: argparse.Namespace) -> None:
         try:
             from ptt_nb.sinks._report import write_report

@@ -108,7 +108,9 @@ class BacktestMsg(TypedDict):
 
 
 class SeriesEntry(TypedDict):
-    """One entry of ``data.series``; its points are the next two buffers (steps, values: ``n`` float64 each)."""
+    """One entry of ``data.series``; its points are the next two buffers (steps, values: ``n`` float64 each).
+    ``split`` "baseline:train" / "baseline:eval": the baseline run's copy of that series (``mode`` "replace",
+    steps already aligned to this run's), drawn dimmed and dashed beside it."""
 
     panel: str | None
     key: str

@@ -46,6 +46,7 @@ from ptt_nb.rules._backtest import BacktestResult
 
 log = logging.getLogger("ptt_nb")
 
+BASELINE_PREFIX = "baseline:"  # a SeriesEntry split for the baseline's copy of a series (js/src/panels.js)
 Send = Callable[[dict[str, Any], list[bytes]], None]
 
 def _f64(a: np.ndarray) -> bytes:
@@ -246,8 +247,24 @@ class Stream:
             entries.append({"panel": None, "key": key, "split": split, "mode": "replace", "n": int(s.shape[0])})
             buffers += [_f64(s), _f64(v)]
             self._sent[(split, key)] = (n, compacted)
+        self._baseline_entries(entries, buffers)
         self._emit(DataMsg(type="data", series=entries, alerts=[], status=None), buffers)
         self.ready = True
+
+    def _baseline_entries(self, entries: list[SeriesEntry], buffers: list[bytes]) -> None:
+        """The baseline run's series beside each plotted one (split ``baseline:<split>``, x in this run's steps):
+        sent whole with every init, the baseline does not change."""
+        baseline = self.monitor.baseline
+        if baseline is None:
+            return
+        for split, key in self._series:
+            b = baseline.series.get((key, split))
+            if b is None:
+                continue
+            x, v = minmax_decimate(b.steps * baseline.scale, b.values, max(1, self.max_points // 2))
+            entries.append({"panel": None, "key": key, "split": BASELINE_PREFIX + split, "mode": "replace",
+                            "n": int(x.shape[0])})
+            buffers += [_f64(x), _f64(v)]
 
     def zoom(self, panel_id: str, x0: float | None, x1: float | None) -> None:
         """Answer a zoom: that panel's series re-decimated to [x0, x1] (None: the whole run)."""

@@ -71,6 +71,10 @@ def build_html(monitor: Monitor) -> str:
         script, divs, resources = "", {}, ""
     titles = "".join(f"<li>{e(s.get('title', s.get('id')))}</li>" for s in core)
     sections = [_header_html(monitor), _alerts_html(alerts)]
+    baseline = getattr(monitor, "baseline", None)
+    if baseline is not None:
+        sections.append(f"<p class='muted baseline-note'>Baseline: run {e(baseline.run_id)} (dashed, dimmed, in each "
+                        f"series' colour), aligned by {e(baseline.align_by)}. {e(baseline.note)}</p>")
     if "panels" in divs:
         sections.append(f"<h2>Panels</h2><ul class='muted panel-titles' style='columns:3'>{titles}</ul>"
                         f"<p class='muted'>Train: solid · eval: dashed · dotted: reference values · ▼ and dashed "

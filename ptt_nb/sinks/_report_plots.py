@@ -67,6 +67,20 @@ def _flat_range(value: float, log_y: bool):
     return Range1d(value - pad, value + pad)
 
 
+def _baseline_line(fig: Any, monitor: Monitor, s: dict[str, Any], colour: str, log_y: bool) -> Any:
+    """The baseline run's copy of series ``s`` (aligned to this run's steps): same colour, thin, dashed, dimmed."""
+    from bokeh.models import ColumnDataSource
+
+    baseline = getattr(monitor, "baseline", None)
+    b = baseline.series.get((s["key"], s.get("split", "train"))) if baseline is not None else None
+    if b is None or len(b.steps) == 0:
+        return None
+    x, y = _plot_arrays(b.steps * baseline.scale, b.values, log_y)
+    label = f"{s.get('label', s['key'])} (baseline)"
+    return fig.line("x", "y", source=ColumnDataSource({"x": x, "y": y}), line_width=1.2, line_color=colour,
+                    line_alpha=0.45, line_dash=[6, 4], name=label)
+
+
 def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x_range: Any, last_step: int):
     from bokeh.models import ColumnDataSource, HoverTool, Label, Legend, Span
     from bokeh.plotting import figure
@@ -102,6 +116,9 @@ def _panel_figure(monitor: Monitor, spec: dict[str, Any], alerts: list[Alert], x
             fig.scatter("x", "y", source=source, size=5, color=colour)
         lines.append(line)
         legend_items.append((s.get("label", s["key"]), [line]))
+        base = _baseline_line(fig, monitor, s, colour, log_y)
+        if base is not None:
+            legend_items.append((f"{s.get('label', s['key'])} (baseline)", [base]))
         bx, by, btext = _nonfinite_points(steps, values, log_y)
         if bx.shape[0]:
             bad_src = ColumnDataSource({"x": bx, "y": by, "value": btext})

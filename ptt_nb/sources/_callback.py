@@ -157,7 +157,11 @@ class DiagnosticsCallback(TrainerCallback):
         self._notify_targets = parse_targets(notify)  # bad input fails here, before any training
         self._notify_severity = _check_severity(notify_severity)
         self._notifier = None
-        self.baseline = baseline
+        self.baseline = None
+        if baseline is not None:  # loaded now: a wrong path fails before training, naming the path
+            from ptt_nb.monitor._baseline import Baseline
+
+            self.baseline = Baseline.load(baseline)
         self.run_dir_option = run_dir
         self.report = report
         environment.prefetch()
@@ -203,9 +207,11 @@ class DiagnosticsCallback(TrainerCallback):
         resumed = state.global_step > 0
         self.run_dir = self._resolve_run_dir(args, profile.name, resumed)
         extra = self._load_custom_rules()
+        baseline = self._load_baseline(args, extra)
         self.monitor = Monitor(select=self.select, exclude=self.exclude, extra_rules=extra,
                                stop_on_critical=self.stop_on_critical)
         monitor = self.monitor
+        monitor.baseline = baseline
         if not self.stop_on_critical:  # auto-stop must see every point at its own step: no deferral then
             monitor.defer_s = DEFER_S
         monitor.run_dir = self.run_dir
@@ -269,6 +275,19 @@ class DiagnosticsCallback(TrainerCallback):
                 rules.extend(load_rule_dir(self.rule_dir))
             rules.extend(as_rules(self.custom_rules))
         return rules
+
+    def _load_baseline(self, args: Any, rules: list[Any]) -> Any:
+        """The baseline run, aligned to this run's batch size; its band rules join ``rules``."""
+        if self.baseline is None:
+            return None
+        from ptt_nb.rules._catalog_baseline import baseline_rules
+
+        baseline = self.baseline
+        baseline.align(_config_summary(args), self.world_size)
+        if baseline.note:
+            log.info("ptt_nb: %s", baseline.note)
+        rules.extend(baseline_rules(baseline))
+        return baseline
 
     def _start_notifier(self, monitor: Monitor, args: Any) -> None:
         from ptt_nb.sinks._notify import Notifier, trackio_module

@@ -333,8 +333,10 @@ def _more_severe(a: str, b: str) -> bool:
     return SEVERITIES.index(a) < SEVERITIES.index(b)
 
 
-def _num(value: Any) -> float:
+def _num(value: Any) -> float | str:
+    if type(value) is str:  # text evidence: a custom rule's huge int or object, as monitor._normalise records it
+        return value
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan

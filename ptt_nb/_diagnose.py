@@ -93,9 +93,11 @@ def _report_path(base: str, index: int, total: int, run_id: str) -> Path:
 
 
 def diagnose(paths: list[str], *, as_json: bool = False, report: str | None = None, format: str | None = None,
-             algorithm: str | None = None, run: str | None = None, out: TextIO = sys.stdout,
-             err: TextIO = sys.stderr) -> int:
+             algorithm: str | None = None, run: str | None = None, out: TextIO | None = None,
+             err: TextIO | None = None) -> int:
     """The command's body; returns the exit status (module docstring)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     records: list[dict[str, Any]] = []
     monitors: list[Monitor] = []
     failed = False
@@ -127,7 +129,7 @@ def diagnose(paths: list[str], *, as_json: bool = False, report: str | None = No
     critical = any(r["critical"] for r in records)
     code = EXIT_UNREADABLE if failed else EXIT_CRITICAL if critical else EXIT_OK
     if as_json:
-        print(json.dumps(json_safe({"runs": records, "exit_status": code}), indent=1), file=out)
+        print(json.dumps(json_safe({"runs": records, "exit_status": code}, keep_nonfinite=True), indent=1), file=out)
         return code
     width = max(60, shutil.get_terminal_size((100, 24)).columns)
     for record in records:

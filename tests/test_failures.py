@@ -247,6 +247,8 @@ def test_kernel_interrupt_in_a_notebook(tmp_path):
             import asyncio
 
             asyncio.run(client.km.interrupt_kernel())  # the kernel manager is async; signal mode sends SIGINT
+            time.sleep(0.5)  # the first interrupt is ptt_nb's graceful stop; the second is the hard one tested here
+            asyncio.run(client.km.interrupt_kernel())
 
         t = threading.Thread(target=interrupt_when_ready)
         t.start()

@@ -21,6 +21,8 @@ export class Header {
     this.progress = h("span", { class: "ptt-progress-text" });
     this.rate = h("span", { class: "ptt-rate" });
     this.reason = h("div", { class: "ptt-reason" });
+    // which stop reaches a busy train() cell in this kernel (status.stop_hint, set by the Python dashboard)
+    this.stopHint = h("div", { class: "ptt-stop-hint", style: "font-size: 11px; opacity: 0.75;" });
     this._clicked = false;
     this.stop = h("button", {
       class: "ptt-stop", type: "button",
@@ -35,7 +37,7 @@ export class Header {
     this.el = h("div", { class: "ptt-header" },
       h("div", { class: "ptt-header-row" }, this.title, this.badge,
         h("div", { class: "ptt-progress" }, this.bar, this.progress), this.rate, this.stop),
-      this.reason);
+      this.reason, this.stopHint);
     this._renderStop(false);
   }
 
@@ -72,6 +74,9 @@ export class Header {
     this.reason.style.display = st.reason ? "" : "none";
 
     this.stop.style.display = state === "running" ? "" : "none";
+    this.stopHint.textContent = state === "running" ? (st.stop_hint ?? "") : "";
+    this.stopHint.style.display = this.stopHint.textContent ? "" : "none";
+    if (st.stop_mode) this.stopHint.dataset.mode = st.stop_mode;
     if (st.stop_requested) this._clicked = true;
     this._renderStop(this._clicked);
   }

@@ -85,6 +85,9 @@ class StatusMsg(TypedDict):
     algorithm: str
     reason: str | None
     stop_requested: bool
+    # set by the live dashboard (_widget): which stop reaches a busy train() cell here (_stop_routing.stop_mode)
+    stop_mode: NotRequired[Literal["subshell", "poll", "interrupt"]]
+    stop_hint: NotRequired[str]
 
 
 class RankBlock(TypedDict):

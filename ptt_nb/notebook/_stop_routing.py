@@ -72,3 +72,20 @@ def make_handler(monitor: Any, forward: Callable[[dict[str, Any]], None]) -> Cal
             forward(content)
 
     return on_msg
+
+
+STOP_HINTS = {
+    "subshell": "Stop: the button (or the kernel's Interrupt: graceful)",
+    "poll": "Stop: the button (taken at step boundaries) or the kernel's Interrupt (graceful)",
+    "interrupt": "Stop: use the kernel's Interrupt (graceful at the next step); the button waits for the cell",
+}
+
+
+def stop_mode(subshell_routing: bool, polling: bool) -> tuple[str, str]:
+    """Which stop reaches a busy ``train()`` cell here: ``(mode, hint)`` for the dashboard header.
+
+    ``subshell``: ipykernel 7 routes the click to a subshell thread; ``poll``: ipykernel 6, the callback handles the
+    click at step boundaries (``_comm_poll``); ``interrupt``: neither, only the kernel's Interrupt (a graceful stop,
+    ``sources._graceful_interrupt``) gets through while the cell runs."""
+    mode = "subshell" if subshell_routing else "poll" if polling else "interrupt"
+    return mode, STOP_HINTS[mode]

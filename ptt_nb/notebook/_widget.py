@@ -16,8 +16,9 @@ import anywidget
 
 from ptt_nb.events import RunEnd
 from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.notebook._comm_poll import CommPoller
 from ptt_nb.notebook._static_fallback import summary_html
-from ptt_nb.notebook._stop_routing import make_handler, route_to_sender_subshell
+from ptt_nb.notebook._stop_routing import make_handler, route_to_sender_subshell, stop_mode
 from ptt_nb.notebook._stream import Stream
 from ptt_nb.rules._backtest import BacktestResult
 
@@ -47,12 +48,24 @@ class Dashboard(anywidget.AnyWidget):
                              auto_ready_after=AUTO_READY_AFTER)
         self.on_msg(make_handler(monitor, self.stream.handle))
         self.subshell_routing = route_to_sender_subshell(self.comm)
+        # no subshells (ipykernel 6): the callback lets the Stop click in at step boundaries (poll_stop)
+        self.comm_poller = None if self.subshell_routing else CommPoller(getattr(self.comm, "comm_id", None))
+        self.stop_mode, self.stop_hint = stop_mode(self.subshell_routing, self.comm_poller.available
+                                                   if self.comm_poller is not None else False)
         self._handles: list[Any] = []
         self._shown_in: int | None = None
         self._unsubscribe = monitor.subscribe(self._on_event)
         self.stream.start()
 
+    def poll_stop(self) -> None:
+        """At a step boundary (main thread): handle this widget's queued messages where no subshell does."""
+        if self.comm_poller is not None:
+            self.comm_poller.poll()
+
     def _send_custom(self, content: dict[str, Any], buffers: list[bytes]) -> None:
+        status = content.get("status")
+        if isinstance(status, dict):  # the header says which stop works where this kernel runs
+            status["stop_mode"], status["stop_hint"] = self.stop_mode, self.stop_hint
         if self.comm is not None:
             self.send(content, buffers)
 

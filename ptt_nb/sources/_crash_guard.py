@@ -2,10 +2,11 @@
 SystemExit, SIGTERM, or a process that exits mid-run.
 
 TRL never calls ``on_train_end`` after an exception, so the trainer's ``train`` is wrapped on the instance.
-SIGINT handling is left to Python/ipykernel untouched; SIGTERM gets a handler only while the guard is armed,
-which chains the previous one and is restored when disarmed. A callback added with ``trainer.add_callback()``
-after ``train()`` began cannot wrap that call: IPython's ``post_run_cell`` (notebooks) and ``atexit``
-(scripts) tell how it ended instead.
+While ``train()`` runs in the main thread, a first SIGINT (the kernel's Interrupt, Ctrl-C) is a graceful stop at
+the next step boundary and a second one the previous handler's ``KeyboardInterrupt`` (``_graceful_interrupt``);
+SIGTERM gets a handler only while the guard is armed, which chains the previous one and is restored when
+disarmed. A callback added with ``trainer.add_callback()`` after ``train()`` began cannot wrap that call:
+IPython's ``post_run_cell`` (notebooks) and ``atexit`` (scripts) tell how it ended instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import threading
 import traceback as tb
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from ptt_nb.sources._graceful_interrupt import GracefulInterrupt
 
 
 class Finish(Protocol):
@@ -41,6 +44,7 @@ class CrashGuard:
         self._finishing = False  # inside finish(): a SIGTERM then waits for the postmortem to be written
         self._sigterm_pending = False
         self._ipython_hook: tuple[Any, Callable[[Any], None]] | None = None
+        self.interrupt = GracefulInterrupt()  # installed only for the duration of a wrapped train() call
 
     def wrap(self, trainer: Any) -> None:
         """Wrap ``trainer.train`` (an instance attribute: only this trainer, removed with it). Idempotent."""
@@ -51,12 +55,14 @@ class CrashGuard:
         @functools.wraps(original)
         def train(*args: Any, **kwargs: Any) -> Any:
             self.inside_train = True
+            self.interrupt.install()
             try:
                 return original(*args, **kwargs)
             except BaseException as exc:
                 self.on_exception(exc)
                 raise
             finally:
+                self.interrupt.restore()
                 self.inside_train = False
 
         train._ptt_wrapped = True  # type: ignore[attr-defined]

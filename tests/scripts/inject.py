@@ -37,8 +37,12 @@ class Injector(TrainerCallback):
         if state.global_step != self.k:
             return
         self.armed = True
-        if self.mode == "sigint":
+        if self.mode == "sigint":  # Ctrl-C twice: the first is ptt_nb's graceful stop, the second the hard one
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the first handler runs here (sleep is interrupted): two signals, two handler calls
             os.kill(os.getpid(), signal.SIGINT)  # the real Ctrl-C path: Python's default SIGINT handler
+        elif self.mode == "sigint_once":  # one Ctrl-C: a graceful stop at the next step boundary
+            os.kill(os.getpid(), signal.SIGINT)
         elif self.mode == "wait_for_signal":
             Path(self.marker).write_text(str(os.getpid()))
             deadline = time.time() + 20

@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.ptt-installed
 PPO_VENV := .venv-ppo
+COLAB_VENV := .venv-colab
 JS_BUNDLE := ptt_nb/static/widget.js
 HEADLESS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test install js lint chromium ppo-env clean
+.PHONY: demo test install js lint chromium ppo-env colab-env clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,10 @@ chromium:
 ppo-env:
 	bash tests/ppo/make_env.sh $(PPO_VENV)
 
+# Colab's kernel side (IPython 7.34, ipykernel 6.17, ipywidgets 7.7.1, anywidget 0.9.21): tests/colab, browser tests
+colab-env:
+	bash tests/colab/make_env.sh $(COLAB_VENV)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ptt_nb tests benchmarks
 
@@ -44,9 +49,10 @@ else
 	$(VENV)/bin/ptt-nb demo
 endif
 
-test: install chromium ppo-env lint
+test: install chromium ppo-env colab-env lint
 	cd js && npm test
-	PTT_PPO_PYTHON=$(CURDIR)/$(PPO_VENV)/bin/python $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	PTT_PPO_PYTHON=$(CURDIR)/$(PPO_VENV)/bin/python PTT_COLAB_VENV=$(CURDIR)/$(COLAB_VENV) \
+		$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(PPO_VENV) js/node_modules $(JS_BUNDLE) test-artifacts
+	rm -rf $(VENV) $(PPO_VENV) $(COLAB_VENV) js/node_modules $(JS_BUNDLE) test-artifacts

@@ -122,4 +122,5 @@ def in_notebook() -> bool:
     if ipython_mod is None:
         return False
     shell = ipython_mod.get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    # by MRO: Colab's shell is google.colab._shell.Shell, a ZMQInteractiveShell subclass
+    return shell is not None and any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__)

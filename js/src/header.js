@@ -22,7 +22,7 @@ export class Header {
     this.rate = h("span", { class: "ptt-rate" });
     this.reason = h("div", { class: "ptt-reason" });
     // which stop reaches a busy train() cell in this kernel (status.stop_hint, set by the Python dashboard)
-    this.stopHint = h("div", { class: "ptt-stop-hint", style: "font-size: 11px; opacity: 0.75;" });
+    this.stopHint = h("div", { class: "ptt-stop-hint", style: "font-size: 11px;" });
     this._clicked = false;
     this.stop = h("button", {
       class: "ptt-stop", type: "button",

@@ -75,7 +75,8 @@ def make_handler(monitor: Any, forward: Callable[[dict[str, Any]], None]) -> Cal
 
 
 STOP_HINTS = {
-    "subshell": "Stop: the button (or the kernel's Interrupt: graceful)",
+    # the override is in place; the click also needs a front end that sends on subshells (JupyterLab 4, Notebook 7)
+    "subshell": "Stop: the button (JupyterLab/Notebook 7) or the kernel's Interrupt (graceful, any front end)",
     "poll": "Stop: the button (taken at step boundaries) or the kernel's Interrupt (graceful)",
     "interrupt": "Stop: use the kernel's Interrupt (graceful at the next step); the button waits for the cell",
 }

@@ -81,13 +81,23 @@ def group_by_step(points: Iterable[tuple[int, str, float, float | None]]) -> lis
     and split, in step order (a step with train and eval values gives two, the summary a third)."""
     by_step: dict[int, dict[str, dict[str, Any]]] = {}
     times: dict[tuple[int, str], float] = {}
+    split_of_key: dict[str, str | None] = {}  # one classification per key, not per point (1.5 M points: 100k steps)
     for step, key, value, t in points:
-        if key in DROP_KEYS or key.startswith("_"):
+        split = split_of_key.get(key, "")
+        if split == "":
+            split = split_of_key[key] = None if key in DROP_KEYS or key.startswith("_") else \
+                "summary" if key in SUMMARY_KEYS else "eval" if key.startswith(("eval_", "test_")) else "train"
+        if split is None:
             continue
-        split = "summary" if key in SUMMARY_KEYS else "eval" if key.startswith(("eval_", "test_")) else "train"
-        by_step.setdefault(step, {}).setdefault(split, {})[key] = value
+        splits = by_step.get(step)
+        if splits is None:
+            splits = by_step[step] = {}
+        logs = splits.get(split)
+        if logs is None:
+            logs = splits[split] = {}
+        logs[key] = value
         if t is not None:
-            times[(step, split)] = max(times.get((step, split), t), t)
+            times[(step, split)] = t
     out = []
     for step in sorted(by_step):
         for split in ("train", "eval", "summary"):

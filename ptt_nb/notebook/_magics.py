@@ -258,7 +258,7 @@ class PttMagics(Magics):
 
     # -- %ptt watch / replay / report ----------------------------------------------------------------------------------
     def _cmd_watch(self, args: argparse.Namespace) -> None:
-        from ptt_nb.sources._follow import Watcher, watch_monitor
+        from ptt_nb.sources._follow import Watcher, followed_run_monitor
 
         old = SESSION.watcher
         if args.stop:
@@ -276,7 +276,7 @@ class PttMagics(Magics):
             raise UsageError(f"%ptt watch: {path} is a file; give the run folder (the one holding events.jsonl)")
         if old is not None:
             old.stop()
-        monitor = watch_monitor()
+        monitor = followed_run_monitor()
         applier_box: list[Any] = []
         watcher = Watcher(path, monitor=monitor, interval=args.interval,
                           on_tick=lambda: applier_box[0].drain() if applier_box else None)

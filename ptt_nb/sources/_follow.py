@@ -4,7 +4,7 @@ Monitor, live, on a background thread.
 Polling, not file-system notifications: one ``open``+``read`` of the new bytes every ``interval`` seconds
 (0.2 s by default, i.e. 5 Hz, the widget's batch rate) costs next to nothing, and works on the network file
 systems (NFS, Lustre, sshfs) where training runs write and where inotify (``watchfiles``) sees no remote
-writes. ``runfolder.Follower`` consumes complete lines only, so a half-written last line is read once it is
+writes. ``_reader.Follower`` consumes complete lines only, so a half-written last line is read once it is
 complete: no event is missed or read twice.
 """
 
@@ -28,7 +28,7 @@ log = logging.getLogger("ptt_nb")
 DEFAULT_INTERVAL = 0.2
 
 
-def watch_monitor() -> Monitor:
+def followed_run_monitor() -> Monitor:
     """A Monitor for a watched run: the writer's alerts are taken as recorded (its own rules already ran);
     only rules added here (``%%ptt``) are evaluated on the incoming metrics."""
     return Monitor(select=[], evaluate=True)
@@ -41,7 +41,7 @@ class Watcher:
     def __init__(self, path: str | os.PathLike[str], *, monitor: Monitor | None = None,
                  interval: float = DEFAULT_INTERVAL, on_tick: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
-        self.monitor = monitor if monitor is not None else watch_monitor()
+        self.monitor = monitor if monitor is not None else followed_run_monitor()
         self.interval = interval
         self.on_tick = on_tick
         self.run_dir: Path | None = None

@@ -13,7 +13,7 @@ to decide; a handled message is fully deserialized (signature checked) by the ke
 
 ipykernel 7 dispatches the shell channel differently (a shell-channel thread and per-subshell sockets, no
 ``msg_queue``): there ``_stop_routing`` handles the click on a subshell thread instead, and this poller reports
-itself unavailable. Measured cost when nothing waits: a zmq poll of the socket, ~10 µs; it runs at most every
+itself unavailable. Measured cost when nothing waits (ipykernel 6.17, this machine): ~23 µs; it runs at most every
 ``min_interval`` seconds.
 """
 

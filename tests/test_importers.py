@@ -203,12 +203,13 @@ def test_live_run_and_its_tensorboard_and_trainer_state_agree(tmp_path):
 
 def test_replay_magic_and_cell_backtest_on_an_imported_run():
     pytest.importorskip("IPython")
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
     from IPython.utils.capture import capture_output
 
     from ptt_nb.notebook._session import SESSION
 
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # None when another test module started it
     ip.run_line_magic("load_ext", "ptt_nb")
     SESSION.__init__()
     try:

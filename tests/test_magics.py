@@ -15,6 +15,7 @@ import yaml
 
 pytest.importorskip("IPython")
 
+from IPython import get_ipython  # noqa: E402
 from IPython.core.error import UsageError  # noqa: E402
 from IPython.testing.globalipapp import start_ipython  # noqa: E402
 from IPython.utils.capture import capture_output  # noqa: E402
@@ -33,7 +34,7 @@ LOW_GRAD = "- id: low_grad\n  when: grad_norm < 0.8\n  severity: low\n  panels: 
 
 @pytest.fixture(scope="module")
 def ip():
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # None when another test module started it
     shell.run_line_magic("load_ext", "ptt_nb")
     yield shell
     shell.run_line_magic("unload_ext", "ptt_nb")

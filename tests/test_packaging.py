@@ -9,6 +9,7 @@ pip, and the system Chromium loading the installed ``Dashboard._esm`` file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -141,27 +142,35 @@ def test_installs_without_node_and_renders(kind: str, dists: dict[str, Path], tm
     assert core
 
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.route("http://ptt.test/", lambda r: r.fulfill(content_type="text/html",
-                                                               body="<!doctype html><title>t</title><body></body>"))
-            page.route("http://ptt.test/widget.js", lambda r: r.fulfill(content_type="text/javascript", path=esm))
-            page.goto("http://ptt.test/")
-            sent = page.evaluate(RENDER_JS, got["messages"])
-            assert sent[:1] == ["ready"]
-            canvases = page.locator(".ptt-cell canvas")  # BokehJS draws inside shadow roots: locators pierce them
-            canvases.first.wait_for(timeout=30_000)
-            n_canvases = canvases.count()
-            text = page.inner_text("body")
-            n_docs = page.evaluate("() => document.querySelector('.ptt-root').parentElement.__ptt_view"
-                                   ".grid.documents().length")
-            page.screenshot(path=str(_artifacts() / f"packaging_{kind}.png"))
-        finally:
-            browser.close()
+
+    def render() -> tuple[int, str, int]:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 1000})
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.route("http://ptt.test/", lambda r: r.fulfill(content_type="text/html",
+                                                                   body="<!doctype html><title>t</title><body></body>"))
+                page.route("http://ptt.test/widget.js", lambda r: r.fulfill(content_type="text/javascript", path=esm))
+                page.goto("http://ptt.test/")
+                sent = page.evaluate(RENDER_JS, got["messages"])
+                assert sent[:1] == ["ready"]
+                canvases = page.locator(".ptt-cell canvas")  # BokehJS draws inside shadow roots: locators pierce them
+                canvases.first.wait_for(timeout=30_000)
+                n_canvases = canvases.count()
+                text = page.inner_text("body")
+                n_docs = page.evaluate("() => document.querySelector('.ptt-root').parentElement.__ptt_view"
+                                       ".grid.documents().length")
+                page.screenshot(path=str(_artifacts() / f"packaging_{kind}.png"))
+            finally:
+                browser.close()
+        return n_canvases, text, n_docs
+
+    # in a thread of its own: Playwright's sync API refuses to run where an asyncio loop is set (an earlier
+    # in-process test, e.g. IPython's, may leave one on the main thread)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        n_canvases, text, n_docs = pool.submit(render).result()
     assert not errors, errors
     assert n_canvases >= len(core), (n_canvases, len(core))  # every core panel plotted
     assert "DPOTrainer · dpo" in text and "step 40 / 40" in text  # the header, from the recorded run

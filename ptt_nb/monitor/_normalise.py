@@ -67,7 +67,13 @@ def valid_utf8(s: str) -> str:
 
 
 def _cap(s: str, cap: int) -> str:
-    return s if len(s) <= cap else f"{s[:cap]}… [+{len(s) - cap:,} characters]"
+    """At most ``cap`` characters, saying how many were cut (so capping twice changes nothing)."""
+    if len(s) <= cap:
+        return s
+    if cap < 80:
+        return s[:cap]
+    keep = cap - 40  # the note takes at most 36 characters
+    return f"{s[:keep]}… [+{len(s) - keep:,} characters]"
 
 
 def _as_str(value: Any) -> str:
@@ -178,14 +184,15 @@ def evidence(value: Any, fixes: list[str]) -> dict[str, float | str | None]:
         raise RuleOutputError(f"Finding.evidence is {type(value).__name__}, expected a dict of numbers")
     try:
         n = len(value)
-        items = list(islice(value.items(), MAX_EVIDENCE))
+        limit = MAX_EVIDENCE + (type(value) is dict and "(more)" in value)  # capped before: capping again keeps it
+        items = list(islice(value.items(), limit))
     except Exception as exc:  # noqa: BLE001 - a mapping that cannot be read
         raise RuleOutputError(f"Finding.evidence cannot be read ({type(exc).__name__}: {text(exc, 200)})") from None
     out: dict[str, float | str | None] = {}
     for k, v in items:
         key = _text_fix(k, MAX_KEY, "an evidence key", fixes)
         out[key] = number(v, fixes, f"evidence[{_cap(key, 40)!r}]")
-    if n > MAX_EVIDENCE:
+    if n > limit:
         fixes.append(f"evidence has {n:,} entries (kept the first {MAX_EVIDENCE})")
         out["(more)"] = f"{n - MAX_EVIDENCE:,} more entries not kept"
     return out

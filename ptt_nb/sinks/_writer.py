@@ -128,7 +128,7 @@ class RunWriter:
         self._pending_size = 0
         self._last_try = -math.inf
         self._error: OSError | None = None  # the write error being retried
-        self._first_lost = "?"  # the step of the first line not yet written (for the warnings)
+        self._first_lost = ""  # where the first line not yet written is, e.g. "step 3" (for the warnings)
         self.failed: str | None = None  # why this writer gave up: the file ends where it stopped
         self._warn: Callable[[str], None] | None = None
         self._said: list[str] = []  # warnings given before report_to
@@ -211,7 +211,7 @@ class RunWriter:
             self._pending_size += len(data)
             if self._pending_size > MAX_PENDING:
                 self._give_up(f"ptt_nb: gave up writing {self.path} ({self._error}): {self._pending_size:,} bytes "
-                              f"of events could not be written. The file ends before step {self._first_lost}; "
+                              f"of events could not be written. The file ends before {self._first_lost}; "
                               "training goes on (the widget and console still show the run).")
                 return
             if now - self._last_try < RETRY_S:
@@ -239,12 +239,12 @@ class RunWriter:
 
     @staticmethod
     def _step_of(data: bytes) -> str:
-        """The step of the first whole line in ``data`` (for the give-up warning); '?' when unknown."""
+        """Where the first line of ``data`` is in the run (for the warnings)."""
         try:
-            line = data.split(b"\n", 1)[0]
-            return str(json.loads(line).get("step", "?"))
+            row = json.loads(data.split(b"\n", 1)[0])
+            return f"step {row['step']}" if "step" in row else f"the {row.get('kind', 'first')} event"
         except Exception:  # noqa: BLE001 - a partial line
-            return "?"
+            return "a partly written line"
 
     def flush(self) -> None:
         """Write every held line now (thread-safe)."""
@@ -272,10 +272,12 @@ class RunWriter:
                 self._write(None, self._clock())
                 if self._pending:
                     self._put(b"", self._clock())
-                if self._pending:
-                    self._give_up(f"ptt_nb: could not write the end of {self.path} ({self._error}): "
-                                  f"{self._pending_size:,} bytes of events from step {self._first_lost} on are "
-                                  "not on disk.")
+                if self._pending:  # already warned when it started failing: the tally goes to the log only
+                    self.failed = (f"ptt_nb: could not write the end of {self.path} ({self._error}): "
+                                   f"{self._pending_size:,} bytes of events from {self._first_lost} on are not on "
+                                   "disk.")
+                    self._pending, self._pending_size = [], 0
+                    log.info(self.failed)
             finally:
                 if self._fd is not None:
                     try:

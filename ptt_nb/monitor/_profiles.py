@@ -212,6 +212,17 @@ def match_key(pattern: str, key: str) -> bool:
 
 
 # Keys every trainer logs that carry no diagnostic value of their own; kept in history, shown under "other".
+def log_split(values: dict[str, Any]) -> str:
+    """Which kind of Trainer log dict this is: ``"summary"`` (the final one, with ``train_runtime``), ``"eval"``
+    (``evaluate()`` prefixes every key with its ``metric_key_prefix``, ``eval`` or ``test``, and adds ``epoch``
+    last) or ``"train"``. Two key checks: this runs on every log point."""
+    if "train_runtime" in values:
+        return "summary"
+    if "eval_runtime" in values or str(next(iter(values), "")).startswith(("eval_", "test_")):
+        return "eval"
+    return "train"
+
+
 BOOKKEEPING_KEYS = frozenset({"epoch", "num_tokens", "step_time", "episode", "eps"})
 
 

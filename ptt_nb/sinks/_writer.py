@@ -166,13 +166,16 @@ class RunWriter:
     def _give_up(self, message: str) -> None:
         self.failed = message
         self._pending, self._pending_size = [], 0
+        self._close_fd()
+        self._warning(message)
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
             self._fd = None
-        self._warning(message)
 
     def __call__(self, event: Event) -> None:
         if (type(event) is Metrics and self.batch_s and event.split == "train"
@@ -279,12 +282,7 @@ class RunWriter:
                     self._pending, self._pending_size = [], 0
                     log.info(self.failed)
             finally:
-                if self._fd is not None:
-                    try:
-                        os.close(self._fd)
-                    except OSError:
-                        pass
-                    self._fd = None
+                self._close_fd()
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:

@@ -354,15 +354,8 @@ class DiagnosticsCallback(TrainerCallback):
         if monitor is None or not logs:
             return
         values, _text = _numeric(logs, state.global_step, self._warned_keys)
-        # evaluate() prefixes every key (eval_loss, eval_runtime, ...) and adds epoch last; the summary log
-        # carries train_runtime. Checking two keys is enough and keeps the per-step cost flat.
-        if "train_runtime" in values:
-            split = "summary"
-        elif "eval_runtime" in values or str(next(iter(values), "")).startswith("eval_"):
-            split = "eval"
-        else:
-            split = "train"
-        monitor.log(state.global_step, values, split, floats=True)  # _numeric made every value a float
+        # floats=True: _numeric made every value a float
+        monitor.log(state.global_step, values, profiles.log_split(values), floats=True)
         if monitor.stop_requested and self._stop_agreed():
             control.should_training_stop = True
 

@@ -20,6 +20,7 @@ from ptt_nb._layout import EVENTS_FILE
 from ptt_nb.events import Metrics, RunEnd, RunStart
 from ptt_nb.monitor import _profiles as profiles
 from ptt_nb.monitor._monitor import Monitor
+from ptt_nb.monitor._profiles import log_split
 
 # auto-detection order: the most exact record first (trainer_state holds the log dicts verbatim)
 FORMATS = ("trainer_state", "tensorboard", "trackio", "wandb", "table")
@@ -105,15 +106,6 @@ def group_by_step(points: Iterable[tuple[int, str, float, float | None]]) -> lis
             if logs and not (split != "summary" and set(logs) <= {"epoch"}):
                 out.append((step, logs, times.get((step, split))))
     return out
-
-
-def split_of(values: dict[str, Any]) -> str:
-    """The callback's rule (``DiagnosticsCallback.on_log``): the final summary, an evaluation, or a train step."""
-    if "train_runtime" in values:
-        return "summary"
-    if "eval_runtime" in values or next(iter(values), "").startswith(("eval_", "test_")):
-        return "eval"
-    return "train"
 
 
 def numeric(logs: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
@@ -203,7 +195,7 @@ def to_monitor(run: ImportedRun, *, algorithm: str | None = None, monitor: Monit
     notes = list(run.notes)
     keys: dict[str, None] = {}
     for _, logs, _ in run.logs[:200]:
-        if split_of(logs) == "train":
+        if log_split(logs) == "train":
             keys.update(dict.fromkeys(logs))
     if algorithm:
         algo = profiles.get_profile(algorithm).name
@@ -227,10 +219,10 @@ def to_monitor(run: ImportedRun, *, algorithm: str | None = None, monitor: Monit
         skipped.update(dict.fromkeys(bad))
         if values:
             last_t = t if t is not None else last_t
-            monitor.apply(Metrics(step=int(step), split=split_of(values), values=values, t=last_t))
+            monitor.apply(Metrics(step=int(step), split=log_split(values), values=values, t=last_t))
     if skipped:
         notes.append(f"non-numeric keys left out: {', '.join(list(skipped)[:8])}")
-    ended = any(split_of(logs) == "summary" for _, logs, _ in run.logs[-3:])
+    ended = any(log_split(logs) == "summary" for _, logs, _ in run.logs[-3:])
     detail = f"imported from {run.format}: {run.source}"
     monitor.apply(RunEnd(reason="finished" if ended else "unknown", step=monitor.step, detail=detail, t=last_t))
     monitor.run_dir = run.source if run.source.is_dir() else run.source.parent

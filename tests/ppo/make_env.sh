@@ -1,67 +1,21 @@
 #!/usr/bin/env bash
-# Create (idempotently) the venv used by tests/ppo/tiny_ppo.py.
+# Create (idempotently) the venv used by tests/ppo/tiny_ppo.py (the builder: tests/pinned_venv.sh).
 #
 #   tests/ppo/make_env.sh VENV_DIR
 #
-# - Skips all work if VENV_DIR exists and VENV_DIR/.ptt_ppo_env holds the
-#   sha256 of requirements.txt + the Python version (prints "up to date").
-# - Otherwise (re)creates it: python3.11 -m venv, then torch==2.13.0 FIRST
-#   (on its own, so pip takes the local CPU wheel instead of a CUDA build),
-#   then `pip install -r requirements.txt`, then a smoke import of
-#   trl.experimental.ppo.PPOTrainer; the marker is written last, so an
-#   interrupted build is redone next time.
-# - Needs only PyPI (no model hub). PYTHON=... overrides the interpreter.
+# After requirements.txt: a smoke import of trl.experimental.ppo.PPOTrainer.
 set -euo pipefail
-
-if [[ $# -ne 1 ]]; then
-    echo "usage: $0 VENV_DIR" >&2
-    exit 2
-fi
-
+[[ $# -eq 1 ]] || { echo "usage: $0 VENV_DIR" >&2; exit 2; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REQ="$HERE/requirements.txt"
-VENV="$1"
-PYTHON="${PYTHON:-python3.11}"
-MARKER_NAME=".ptt_ppo_env"
-TORCH_PIN="torch==2.13.0"
+source "$HERE/../pinned_venv.sh"
 
-command -v "$PYTHON" >/dev/null || { echo "make_env: $PYTHON not found" >&2; exit 1; }
-PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-WANT="$( { cat "$REQ"; echo "python=$PYVER"; echo "$TORCH_PIN"; } | sha256sum | cut -d' ' -f1)"
-
-# Serialize concurrent callers on the same venv.
-mkdir -p "$(dirname "$VENV")"
-if command -v flock >/dev/null; then
-    exec 9>"${VENV%/}.lock"
-    flock 9
-fi
-
-if [[ -f "$VENV/$MARKER_NAME" ]] && [[ "$(cat "$VENV/$MARKER_NAME")" == "$WANT" ]] && [[ -x "$VENV/bin/python" ]]; then
-    echo "make_env: $VENV up to date"
-    exit 0
-fi
-
-if [[ -e "$VENV" ]]; then
-    # Only ever delete something that is clearly a venv (or an empty dir).
-    if [[ -f "$VENV/pyvenv.cfg" ]] || [[ -d "$VENV" && -z "$(ls -A "$VENV")" ]]; then
-        echo "make_env: rebuilding $VENV (missing or stale marker)"
-        rm -rf "$VENV"
-    else
-        echo "make_env: $VENV exists and is not a venv; refusing to touch it" >&2
-        exit 1
-    fi
-fi
-
-start=$(date +%s)
-"$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input -q)
-"${PIP[@]}" install "$TORCH_PIN"
-"${PIP[@]}" install -r "$REQ"
-TRL_EXPERIMENTAL_SILENCE=1 "$VENV/bin/python" -c '
+post_install() {
+    TRL_EXPERIMENTAL_SILENCE=1 "$1/bin/python" -c '
 import torch, trl, transformers
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 print("make_env: torch", torch.__version__, "trl", trl.__version__, "transformers", transformers.__version__)
 '
-echo "$WANT" > "$VENV/$MARKER_NAME"
-echo "make_env: built $VENV in $(( $(date +%s) - start ))s ($(du -sh "$VENV" | cut -f1))"
+}
+
+pinned_venv "$1" "$HERE/requirements.txt" ".ptt_ppo_env"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ptt_nb.events import SEVERITIES, SEVERITY_RANK, Alert, Event, RunEnd, RunStart, json_safe
+from ptt_nb.events import SEVERITIES, SEVERITY_RANK, Alert, Event, Metrics, RunEnd, RunStart, json_safe
 
 log = logging.getLogger("ptt_nb")
 
@@ -124,6 +124,8 @@ class Notifier:
 
     # -- the sink (training thread: O(1), never blocks) ------------------------------------------------------
     def __call__(self, event: Event) -> None:
+        if type(event) is Metrics:  # every log point passes here: leave at once
+            return
         if isinstance(event, Alert):
             self._on_alert(event)
         elif isinstance(event, RunEnd):

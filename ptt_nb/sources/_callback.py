@@ -339,7 +339,7 @@ class DiagnosticsCallback(TrainerCallback):
             self._rank_stats.step_end(state.global_step)
         if self._guard.interrupt.consume():  # a first kernel Interrupt / Ctrl-C during train(): stop here
             monitor.request_stop(by="interrupt", reason="user_stop")
-        if self.widget is not None and hasattr(self.widget, "poll_stop"):
+        if self.widget is not None:
             self.widget.poll_stop()  # ipykernel 6: a Stop click queued behind this cell (notebook._comm_poll)
         if monitor.step_end(state.global_step) and self._stop_agreed():
             control.should_training_stop = True

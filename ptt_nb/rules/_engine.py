@@ -211,13 +211,7 @@ class Engine:
                 if state.active is not None:
                     self._resolve(state, step, out)
                 continue
-            state.streak += 1
-            active = state.active
-            if active is None:
-                if state.streak >= state.rule.for_logs:
-                    self._open(state, finding, out)
-            elif finding.severity and _more_severe(finding.severity, active.severity):
-                self._escalate(state, finding, out)
+            self._holds(state, finding, out)
         return out
 
     def _invalidate_plans(self) -> None:
@@ -250,16 +244,21 @@ class Engine:
             self._disable(state, exc, out)
             return
         if finding is not None:
-            state.streak += 1
-            if state.active is None:
-                if state.streak >= state.rule.for_logs:
-                    self._open(state, finding, out)
-            elif finding.severity and _more_severe(finding.severity, state.active.severity):
-                self._escalate(state, finding, out)
+            self._holds(state, finding, out)
         else:
             state.streak = 0
             if state.active is not None:
                 self._resolve(state, self.ctx.step, out)
+
+    def _holds(self, state: RuleState, finding: Finding, out: list[Alert]) -> None:
+        """The condition held on this check: the Engine's persistence (``for_logs``, open episode, escalation)."""
+        state.streak += 1
+        active = state.active
+        if active is None:
+            if state.streak >= state.rule.for_logs:
+                self._open(state, finding, out)
+        elif finding.severity and _more_severe(finding.severity, active.severity):
+            self._escalate(state, finding, out)
 
     def _disable(self, state: RuleState, exc: Exception, out: list[Alert]) -> None:
         state.disabled = f"{type(exc).__name__}: {exc}"

@@ -68,6 +68,8 @@ from ptt_nb.rules._catalog_rl import (
     RlRewardOveropt,
     RlTruncation,
 )
+from ptt_nb.rules._catalog_rl_signals import rl_signal_rules
+from ptt_nb.rules._catalog_run_health import run_health_rules
 from ptt_nb.rules._engine import Rule
 
 
@@ -86,4 +88,5 @@ def catalog_rules() -> list[Rule]:
         GrpoKlUnmonitored(),
         loss_spike, GradNormSpike(loss_spike), GradNormZero(), GradClipSaturation(), LrWarmupMissing(),
         LrScheduleAnomaly(), SftMemorization(), FastNonFiniteValues(),
+        *rl_signal_rules(), *run_health_rules(),
     ]

@@ -49,6 +49,22 @@ def _round(value):
     return value
 
 
+def recorded_lines(events: Path) -> list[str]:
+    """A run folder's events as test data: alerts dropped (tests re-run the rules), no wall times, panels or
+    versions, floats to 5 significant digits."""
+    lines = []
+    for raw in events.read_text().splitlines():
+        data = json.loads(raw)
+        if data["kind"] == "alert":
+            continue
+        data.pop("panels", None)
+        if data["kind"] == "metrics":
+            data.pop("t", None)
+        data.pop("versions", None)
+        lines.append(json.dumps(_round(data), separators=(",", ":")))
+    return lines
+
+
 def record(name: str) -> Path:
     from ptt_nb import DiagnosticsCallback, tiny
 
@@ -61,15 +77,7 @@ def record(name: str) -> Path:
             trainer = tiny.make_trainer(algorithm, tmp, callbacks=[cb], **kwargs)
             trainer.train()
             print(f"{name}: {algorithm} {kwargs} {time.time() - t0:.1f}s", file=sys.stderr)
-            for raw in (Path(tmp) / "run" / "events.jsonl").read_text().splitlines():
-                data = json.loads(raw)
-                if data["kind"] == "alert":
-                    continue
-                data.pop("panels", None)
-                if data["kind"] == "metrics":
-                    data.pop("t", None)
-                data.pop("versions", None)
-                lines.append(json.dumps(_round(data), separators=(",", ":")))
+            lines.extend(recorded_lines(Path(tmp) / "run" / "events.jsonl"))
     path = HERE / f"{name}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     print(f"{path}: {path.stat().st_size} bytes", file=sys.stderr)

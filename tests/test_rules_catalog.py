@@ -372,6 +372,8 @@ CATALOG_IDS = {
     "loss_spike", "grad_norm_spike", "grad_norm_zero", "grad_clip_saturation", "lr_warmup_missing",
     "lr_schedule_anomaly", "sft_memorization", "nonfinite_values",
 }
+CATALOG_IDS |= {"train_eval_divergence", "step_slowdown", "entropy_collapse", "rl_low_initial_entropy",
+                "nan_filter_masked_loss", "moe_aux_loss_rising"}  # issue 15: rules/_catalog_run_health.py
 PROFILE_NAMES = {"sft", "dpo", "kto", "orpo", "cpo", "online_dpo", "grpo", "rloo", "ppo", "reward", "generic"}
 
 

@@ -97,6 +97,7 @@ RL_PANELS = (
     panel("rl_clip", "Clip ratios", ["clip_ratio/region_mean", "clip_ratio/low_mean", "clip_ratio/high_mean"]),
     panel("rl_advantage", "Advantages", ["*advantage*"]),
     panel("rl_loss", "Loss (≈β·KL, not a learning signal)", ["loss"]),
+    panel("rl_step_time", "Step time (s)", ["step_time", "perf/step_s", "perf/weight_sync_s"]),
 )
 
 PROFILES: tuple[Profile, ...] = (
@@ -105,6 +106,7 @@ PROFILES: tuple[Profile, ...] = (
         panel("sft_ppl", "Perplexity (exp loss, derived)", ["perplexity"], log=True),
         panel("sft_acc", "Token accuracy", ["mean_token_accuracy"]),
         panel("sft_entropy", "Entropy", ["entropy"]),
+        panel("sft_aux_loss", "MoE load-balancing loss", ["aux_loss"]),
         OPTIM, LR,
     ), derived=(("perplexity", "exp(loss)", _exp_of("loss")),)),
     Profile("dpo", "DPO", ("DPOTrainer", "DPOConfig"), (

@@ -95,6 +95,20 @@ REFS: dict[str, tuple[str, str]] = {
          "https://www.fast.ai/posts/2023-09-04-learning-jumps/"),
     "trl_docs": (  # [37]
         "TRL documentation and source (trainer docs, paper index, logging)", "https://huggingface.co/docs/trl"),
+    # issue 15, run health (not in the catalog)
+    "prechelt_early_stopping": (
+        "Prechelt 1998, Early Stopping - But When? (Neural Networks: Tricks of the Trade, LNCS 1524)",
+        "https://doi.org/10.1007/3-540-49430-8_3"),
+    "transformers_nan_inf_filter": (
+        "transformers Trainer source and docs: TrainingArguments.logging_nan_inf_filter (a NaN/inf step loss is "
+        "replaced by tr_loss / (1 + steps since the last log))",
+        "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments"),
+    "text_degeneration": (
+        "Holtzman et al. 2019, The Curious Case of Neural Text Degeneration, arXiv:1904.09751",
+        "https://arxiv.org/abs/1904.09751"),
+    "switch_transformer": (
+        "Fedus, Zoph, Shazeer 2021, Switch Transformers: Scaling to Trillion Parameter Models with Simple and "
+        "Efficient Sparsity, arXiv:2101.03961", "https://arxiv.org/abs/2101.03961"),
 }
 
 # Threads cited by the catalog as [38]

@@ -11,9 +11,9 @@ first steps, a width of 0) would otherwise call any change "infinitely far". K =
 one config with different seeds differ by their own noise and a little drift (a twin at seed 1 stays within
 about one band width of seed 0 on every DPO key); a run that is really off its baseline's course (a learning
 rate 100x too high or zero) is tens of widths away. It must hold for ``for_logs`` = 3 consecutive logs so that
-one noisy point (4-pair batches) cannot open an episode, and it ignores the first ``WARMUP`` steps, where both
-runs sit at their shared initial values. Medium severity: a baseline says "different", not "broken"; the
-loss gets high.
+one noisy point (4-pair batches) cannot open an episode, and it ignores the first ``WARMUP`` logged points
+(``WARMUP`` x logging_steps steps), where both runs sit near their shared initial values. Medium severity: a
+baseline says "different", not "broken"; the loss gets high.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from ptt_nb.events import Alert
 from ptt_nb.monitor._baseline import Baseline, load_baseline
-from ptt_nb.rules._catalog_common import _g
+from ptt_nb.rules._catalog_common import _g, log_interval
 from ptt_nb.rules._engine import Context, Engine, Finding, Rule
 
 K = 2.0
@@ -60,6 +60,10 @@ class BaselineBand(Rule):
         if key == "loss" or key == "eval_loss":
             self.severity = "high"
         self.panels = ()
+
+    def on_start(self, ctx: Context) -> Finding | None:
+        self.warmup_steps = WARMUP * log_interval(ctx)  # WARMUP logs: 3 steps at logging_steps=1, 150 at 50
+        return None
 
     def check(self, ctx: Context) -> Finding | None:
         values = ctx.values

@@ -29,6 +29,18 @@ def _past(ctx: Context, steps: int, frac: float) -> bool:
     return not m or ctx.step >= frac * m
 
 
+def log_interval(ctx: Context) -> int:
+    """Steps between two logged train points: the run's ``logging_steps`` (a float < 1 is a fraction of
+    ``max_steps``, as transformers reads it), else 1. Rules whose windows count logged points use it where a
+    span must also cover enough steps (or the other way round) at logging_steps > 1."""
+    ls = ctx.config.get("logging_steps")
+    if not isinstance(ls, (int, float)) or isinstance(ls, bool) or ls <= 0:
+        return 1
+    if ls < 1:
+        ls = math.ceil(ls * ctx.max_steps) if ctx.max_steps else 1
+    return max(1, int(ls))
+
+
 def _lr(values: dict[str, float]) -> float | None:
     lr = values.get("learning_rate")
     return values.get("lr") if lr is None else lr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ptt_nb.rules._catalog_common import GRAD_PANELS, LOSS_PANELS, LR_PANELS, _g, _lr
+from ptt_nb.rules._catalog_common import GRAD_PANELS, LOSS_PANELS, LR_PANELS, _g, _lr, log_interval
 from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._nonfinite import NonFiniteValues
 from ptt_nb.rules._references import cite
@@ -231,6 +231,12 @@ class GradNormZero(Rule):
 
 
 class GradClipSaturation(Rule):
+    """Window in logged points, scaled with the logging interval: the catalog's W50 is 50 steps, read at
+    logging_steps=1 as the last 50 logs. At logging_steps=k a logged grad_norm is one step's norm sampled every
+    k steps, so the window is the logs that cover 50 steps, at least 10 (a fraction needs a sample) and at most
+    50: W50 at k=1, W10 from k=5 on. A 50-log window would need 2,500 steps at logging_steps=50, longer than
+    most runs, and never judge."""
+
     id = "grad_clip_saturation"
     title = "Gradient clipping active on most steps"
     severity = "medium"
@@ -241,13 +247,15 @@ class GradClipSaturation(Rule):
     panels = GRAD_PANELS
 
     def __init__(self) -> None:
-        self.mask = 0  # bit i set: the log i points ago was clipped (last 50 logs)
+        self.mask = 0  # bit i set: the log i points ago was clipped (last ``n`` logs)
         self.count = 0
         self.max_norm = 1.0
+        self.n = 50
 
     def on_start(self, ctx: Context) -> Finding | None:
         m = ctx.config.get("max_grad_norm", 1.0)
         self.max_norm = float(m) if isinstance(m, (int, float)) else 1.0
+        self.n = min(50, max(10, math.ceil(50 / log_interval(ctx))))
         return None
 
     def check(self, ctx: Context) -> Finding | None:
@@ -256,16 +264,17 @@ class GradClipSaturation(Rule):
         g = ctx.values["grad_norm"]
         if g - g != 0.0:
             return None
-        self.mask = ((self.mask << 1) | (g > self.max_norm)) & 0x3FFFFFFFFFFFF  # 50 bits
-        if self.count < 50:
+        n = self.n
+        self.mask = ((self.mask << 1) | (g > self.max_norm)) & ((1 << n) - 1)
+        if self.count < n:
             self.count += 1
-            if self.count < 50:
+            if self.count < n:
                 return None
         clipped = self.mask.bit_count()
-        if clipped >= 25:
-            return Finding(f"grad_norm exceeded max_grad_norm = {_g(self.max_norm)} in {clipped / 50:.0%} of the "
-                           f"last 50 logs (now {_g(g)}).", {"clipped_fraction_w50": clipped / 50,
-                                                            "grad_norm": g, "max_grad_norm": self.max_norm})
+        if 2 * clipped >= n:
+            return Finding(f"grad_norm exceeded max_grad_norm = {_g(self.max_norm)} in {clipped / n:.0%} of the "
+                           f"last {n} logs (now {_g(g)}).", {f"clipped_fraction_w{n}": clipped / n,
+                                                             "grad_norm": g, "max_grad_norm": self.max_norm})
         return None
 
 
@@ -381,6 +390,9 @@ class LrScheduleAnomaly(Rule):
 
 
 class SftMemorization(Rule):
+    """Epoch boundaries come from the logged ``epoch``; the post-boundary window is in steps (2% of the run) and
+    at least 3 logged points, so that it holds more than the boundary's own log at logging_steps 5-50."""
+
     id = "sft_memorization"
     title = "Epoch-boundary memorisation"
     severity = "medium"
@@ -419,7 +431,10 @@ class SftMemorization(Rule):
                 self.loss.push(x)
                 if self.boundary is not None:
                     step0, before = self.boundary
-                    window = max(3, int(0.02 * ctx.max_steps)) if ctx.max_steps else 10
+                    # in steps (2% of the run), but at least 3 logged points: at logging_steps=50 a 20-step
+                    # window would hold the boundary's own log alone
+                    ls = log_interval(ctx)
+                    window = max(3 * ls, int(0.02 * ctx.max_steps)) if ctx.max_steps else 10 * ls
                     if ctx.step - step0 <= window:
                         if x <= 0.7 * before:
                             self.dropped = True

@@ -62,6 +62,7 @@ class ImportedRun:
     config: dict[str, Any] = field(default_factory=dict)
     max_steps: int | None = None
     notes: list[str] = field(default_factory=list)
+    floats: bool = False  # every log dict holds floats only, no bookkeeping key: replayed as it is (no ``numeric``)
 
 
 def unrewrite(key: str) -> str:
@@ -77,17 +78,24 @@ def unrewrite(key: str) -> str:
     return key
 
 
+def split_of_key(key: str) -> str | None:
+    """The log dict an HF key goes to when a tracker stores one value per row: ``train``, ``eval``, ``summary``
+    (the final ``train_runtime`` row), or None for bookkeeping (``step``, W&B's ``_runtime``)."""
+    if key in DROP_KEYS or key.startswith("_"):
+        return None
+    return "summary" if key in SUMMARY_KEYS else "eval" if key.startswith(("eval_", "test_")) else "train"
+
+
 def group_by_step(points: Iterable[tuple[int, str, float, float | None]]) -> list[tuple[int, dict, float | None]]:
     """Scalars (step, HF key, value, wall time) of trackers that store one value per row → log dicts: one per step
     and split, in step order (a step with train and eval values gives two, the summary a third)."""
     by_step: dict[int, dict[str, dict[str, Any]]] = {}
     times: dict[tuple[int, str], float] = {}
-    split_of_key: dict[str, str | None] = {}  # one classification per key, not per point (1.5 M points: 100k steps)
+    splits_of: dict[str, str | None] = {}  # one classification per key, not per point (1.5 M points: 100k steps)
     for step, key, value, t in points:
-        split = split_of_key.get(key, "")
+        split = splits_of.get(key, "")
         if split == "":
-            split = split_of_key[key] = None if key in DROP_KEYS or key.startswith("_") else \
-                "summary" if key in SUMMARY_KEYS else "eval" if key.startswith(("eval_", "test_")) else "train"
+            split = splits_of[key] = split_of_key(key)
         if split is None:
             continue
         splits = by_step.get(step)
@@ -110,6 +118,10 @@ def group_by_step(points: Iterable[tuple[int, str, float, float | None]]) -> lis
 
 def numeric(logs: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """The numeric values of a log dict (bools and ints as floats; JSON's ``NaN``/``Infinity`` kept); the rest named."""
+    try:  # the common case: every value converts (float() also reads "nan", "inf", "-Infinity")
+        return {k: float(v) for k, v in logs.items() if k not in DROP_KEYS and k[:1] != "_"}, []
+    except (TypeError, ValueError):
+        pass
     values: dict[str, float] = {}
     skipped: list[str] = []
     for key, value in logs.items():
@@ -215,8 +227,12 @@ def to_monitor(run: ImportedRun, *, algorithm: str | None = None, monitor: Monit
     skipped: dict[str, None] = {}
     last_t = t0
     for step, logs, t in run.logs:
-        values, bad = numeric(logs)
-        skipped.update(dict.fromkeys(bad))
+        if run.floats:
+            values = logs
+        else:
+            values, bad = numeric(logs)
+            if bad:
+                skipped.update(dict.fromkeys(bad))
         if values:
             last_t = t if t is not None else last_t
             monitor.apply(Metrics(step=int(step), split=log_split(values), values=values, t=last_t))

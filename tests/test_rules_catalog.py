@@ -374,6 +374,8 @@ CATALOG_IDS = {
 }
 CATALOG_IDS |= {"train_eval_divergence", "step_slowdown", "entropy_collapse", "rl_low_initial_entropy",
                 "nan_filter_masked_loss", "moe_aux_loss_rising"}  # issue 15: rules/_catalog_run_health.py
+CATALOG_IDS |= {"rl_reward_func_flat", "rl_empty_completions", "rl_length_collapse", "odpo_degenerate_completions",
+                "rl_tool_failures", "rl_tool_calls_collapse"}  # issue 15: rules/_catalog_rl_signals.py
 PROFILE_NAMES = {"sft", "dpo", "kto", "orpo", "cpo", "online_dpo", "grpo", "rloo", "ppo", "reward", "generic"}
 
 

@@ -98,6 +98,8 @@ RL_PANELS = (
     panel("rl_advantage", "Advantages", ["*advantage*"]),
     panel("rl_loss", "Loss (≈β·KL, not a learning signal)", ["loss"]),
     panel("rl_step_time", "Step time (s)", ["step_time", "perf/step_s", "perf/weight_sync_s"]),
+    panel("rl_tools", "Tool calls", [series("tools/call_frequency", "calls per completion"),
+                                     series("tools/failure_frequency", "failed fraction")]),
 )
 
 PROFILES: tuple[Profile, ...] = (

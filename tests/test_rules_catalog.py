@@ -449,6 +449,40 @@ def test_engine_warmup_cooldown_and_once() -> None:
     assert eng.states["once"].active is not None
 
 
+def test_engine_formats_deferred_finding_text_once_per_episode() -> None:
+    from ptt_nb.monitor._history import MetricHistory
+    from ptt_nb.rules._engine import Finding, Rule
+
+    calls = []
+
+    class Deferred(Rule):
+        id = "deferred"
+        keys = ("x",)
+
+        def check(self, ctx):
+            x = ctx.values["x"]
+            if x <= 0:
+                return None
+            return Finding(lambda: calls.append(x) or f"x is {x}", lambda: {"x": x})
+
+    class BrokenText(Deferred):
+        id = "broken_text"
+
+        def check(self, ctx):
+            return Finding(lambda: 1 / 0)
+
+    eng = Engine([Deferred(), BrokenText()], Context(history=MetricHistory()))
+    alerts = [a for s in range(1, 51) for a in eng.evaluate(s, "train", {"x": float(s)})]
+    opened = [a for a in alerts if a.rule == "deferred"]
+    assert [(a.step, a.message, a.evidence) for a in opened] == [(1, "x is 1.0", {"x": 1.0})]
+    assert calls == [1.0]  # 49 more holding checks, no text built
+    errors = [a for a in alerts if a.rule == "rule_error"]
+    assert len(errors) == 1 and "broken_text" in errors[0].message and "ZeroDivisionError" in errors[0].message
+    assert eng.states["broken_text"].disabled and eng.states["broken_text"].active is None
+    eng.evaluate(51, "train", {"x": 0.0})
+    assert eng.states["deferred"].active is None  # resolved as usual
+
+
 # ---- window statistics --------------------------------------------------------------------------------------
 
 def test_windows_match_numpy() -> None:

@@ -208,13 +208,19 @@ def finding(value: Any, fixes: list[str]) -> Finding | None:
     if not isinstance(value, Finding):
         raise RuleOutputError(f"the check returned {type(value).__name__}; expected a Finding or None")
     message, ev, severity, action = value.message, value.evidence, value.severity, value.action
+    deferred = callable(message) or callable(ev)
+    if callable(message):  # deferred text (Finding's docstring): resolved here, where a raise disables the rule
+        message = message()
+    if callable(ev):
+        ev = ev()
     if severity is not None and not (isinstance(severity, str) and severity in _SEVERITIES):
         raise RuleOutputError(f"Finding.severity {safe_repr(severity, 60)} is not one of {', '.join(SEVERITIES)}")
     new_message = "" if message is None else _text_fix(message, MAX_TEXT, "the message", fixes)
     new_ev = evidence(ev, fixes)
     new_action = None if action is None else _text_fix(action, MAX_TEXT, "the action", fixes)
     new_severity = None if severity is None else str.__str__(severity)
-    if new_message is message and new_ev is ev and new_action is action and type(severity) in (str, type(None)):
+    if (not deferred and new_message is message and new_ev is ev and new_action is action
+            and type(severity) in (str, type(None))):
         return value
     return Finding(new_message, evidence=new_ev, severity=new_severity, action=new_action)
 

@@ -122,9 +122,10 @@ class RlTruncation(Rule):
             self.over80 = self.over80 + 1 if c > 0.8 else 0
             if w.count == 10 and w.total > 2.0:
                 sev = "critical" if self.over80 >= 10 else None
-                return Finding(f"{self.clip.mean:.0%} of completions were truncated over the last 10 logs"
+                mean = w.mean  # text deferred (Finding): this condition often holds for a whole run
+                return Finding(lambda: f"{mean:.0%} of completions were truncated over the last 10 logs"
                                f"{' (every log > 80%)' if sev else ''}: rewards are noisy.",
-                               {"clipped_ratio_mean_w10": self.clip.mean, "clipped_ratio": c}, severity=sev)
+                               lambda: {"clipped_ratio_mean_w10": mean, "clipped_ratio": c}, severity=sev)
             return None
         e = v.get("val/contain_eos_token")
         if e is not None and finite(e):

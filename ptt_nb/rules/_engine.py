@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +24,15 @@ class RuleError(ValueError):
     """A rule that cannot be loaded, with where and why."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Finding:
-    """What a rule reports while its condition holds. ``severity`` may escalate the rule's default."""
+    """What a rule reports while its condition holds. ``severity`` may escalate the rule's default.
 
-    message: str
-    evidence: dict[str, float] = field(default_factory=dict)
+    ``message`` and ``evidence`` may be zero-argument callables: the Engine calls them only when it opens an
+    episode, so a condition that holds for a thousand logs formats its text once, not on every check."""
+
+    message: str | Callable[[], str]
+    evidence: dict[str, float] | Callable[[], dict[str, float]] = field(default_factory=dict)
     severity: str | None = None
     action: str | None = None
 
@@ -280,17 +283,27 @@ class Engine:
                 return
             if state.last_resolved is not None and step - state.last_resolved < rule.cooldown:
                 return
+        message, evidence = finding.message, finding.evidence
+        try:
+            if callable(message):
+                message = message()
+            if callable(evidence):
+                evidence = evidence()
+            evidence = {k: _num(v) for k, v in evidence.items()}
+        except Exception as exc:  # a broken rule must never stop training
+            self._disable(state, exc, out)
+            return
         state.fired += 1
         alert = Alert(
             id=f"{rule.id}@{step}",
             rule=rule.id,
             severity=finding.severity or rule.severity,
             step=step,
-            message=finding.message,
+            message=message,
             action=finding.action or rule.action,
             reference=rule.reference,
             url=rule.url,
-            evidence={k: _num(v) for k, v in finding.evidence.items()},
+            evidence=evidence,
             panels=list(rule.panels),
         )
         state.active = alert

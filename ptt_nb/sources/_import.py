@@ -116,6 +116,44 @@ def group_by_step(points: Iterable[tuple[int, str, float, float | None]]) -> lis
     return out
 
 
+def group_rows(rows: Iterable[tuple[int, dict[str, Any], float | None]]) -> list[tuple[int, dict, float | None]]:
+    """``group_by_step`` for trackers that store one row of several keys (CSV/JSONL): the rows' keys (raw names,
+    undone with ``unrewrite``) → the same log dicts, with the key → split work done once per distinct row layout
+    instead of once per value."""
+    layouts: dict[tuple[str, ...], list[tuple[str, list[tuple[str, str]]]]] = {}
+    by_step: dict[int, dict[str, dict[str, Any]]] = {}
+    times: dict[tuple[int, str], float] = {}
+    for step, row, t in rows:
+        names = tuple(row)
+        layout = layouts.get(names)
+        if layout is None:
+            per_split: dict[str, list[tuple[str, str]]] = {}
+            for name in names:
+                key = unrewrite(name)
+                split = split_of_key(key)
+                if split is not None:
+                    per_split.setdefault(split, []).append((name, key))
+            layout = layouts[names] = list(per_split.items())
+        splits = by_step.get(step)
+        if splits is None:
+            splits = by_step[step] = {}
+        for split, pairs in layout:
+            logs = {key: row[name] for name, key in pairs}
+            if split in splits:
+                splits[split].update(logs)
+            else:
+                splits[split] = logs
+            if t is not None:
+                times[(step, split)] = t
+    out = []
+    for step in sorted(by_step):
+        for split in ("train", "eval", "summary"):
+            logs = by_step[step].get(split)
+            if logs and not (split != "summary" and set(logs) <= {"epoch"}):
+                out.append((step, logs, times.get((step, split))))
+    return out
+
+
 def numeric(logs: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """The numeric values of a log dict (bools and ints as floats; JSON's ``NaN``/``Infinity`` kept); the rest named."""
     try:  # the common case: every value converts (float() also reads "nan", "inf", "-Infinity")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ptt_nb.sources._import import ImportedRun, ImportFormatError, group_by_step, unrewrite
+from ptt_nb.sources._import import ImportedRun, ImportFormatError, group_rows
 
 FORMAT = "table"
 STEP_COLUMNS = ("step", "global_step", "train/global_step", "_step")
@@ -61,13 +61,11 @@ def read(path: Path, **_: Any) -> ImportedRun:
     if not table:
         raise ImportFormatError(f"{path}: no rows")
     col = step_column(path, table)
-    points = []
+    logs = []
     for row in table:
         if col not in row:
             continue
-        step = int(float(row[col]))
+        step = row.pop(col)
         t = row.get("_timestamp")
-        for key, value in row.items():
-            if key != col:
-                points.append((step, unrewrite(key), value, float(t) if t not in (None, "") else None))
-    return ImportedRun(source=path, format=FORMAT, logs=group_by_step(points), run_id=path.stem)
+        logs.append((int(float(step)), row, float(t) if t not in (None, "") else None))
+    return ImportedRun(source=path, format=FORMAT, logs=group_rows(logs), run_id=path.stem)

@@ -55,7 +55,8 @@ def read(path: Path, **_: Any) -> ImportedRun:
         if not isinstance(row, dict) or "step" not in row:
             notes.append(f"{chosen}: log_history[{i}] has no step; skipped")
             continue
-        logs.append((int(row["step"]), {k: v for k, v in row.items() if k != "step"}, None))
+        step = row.pop("step")  # the row is this read's own: it becomes the log dict as it is
+        logs.append((int(step), row, None))
     run_dir = chosen.parent.parent if _CHECKPOINT.search(chosen.parent.name) else chosen.parent
     return ImportedRun(source=chosen, format=FORMAT, logs=logs, run_id=run_dir.name,
                        max_steps=state.get("max_steps") or None, notes=notes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ptt_nb.rules._catalog_common import LN2, PREF, _g, _loss_types, _lr, _past
+from ptt_nb.rules._catalog_common import LN2, PREF, _g, _loss_types, _lr, _past, log_interval
 from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
 from ptt_nb.rules._windows import Baseline, Trend, Window, finite
@@ -233,6 +233,11 @@ class DpoLikelihoodDisplacement(Rule):
 
 
 class PrefOverfit(Rule):
+    """The early branch ("win rate >= 0.95 for W10 before half of the first epoch") counts steps of evidence:
+    a logged accuracy is the mean of the ``logging_steps`` batches since the last log, so it needs the last
+    ceil(10 / logging_steps) logs (at least 2), not 10. Ten logs at logging_steps=50 are 500 steps, more than
+    half an epoch of most preference datasets: the branch could never fire."""
+
     id = "pref_overfit"
     title = "Near-perfect preference separation early (overfitting)"
     severity = "medium"
@@ -246,6 +251,11 @@ class PrefOverfit(Rule):
     def __init__(self, feat: PrefFeatures | None = None) -> None:
         self.feat = feat or PrefFeatures()
         self.gap: float | None = None
+        self.logs = 10  # logs of evidence for the early branch: 10 steps' worth (on_start)
+
+    def on_start(self, ctx: Context) -> Finding | None:
+        self.logs = min(10, max(2, math.ceil(10 / log_interval(ctx))))
+        return None
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
@@ -257,17 +267,17 @@ class PrefOverfit(Rule):
         if self.gap is not None and self.gap > 0.15:
             return Finding(f"Train win rate (mean of last 10: {_g(acc.mean)}) exceeds the eval win rate by "
                            f"{_g(self.gap)} (> 0.15).", {"train_accuracy_w10": acc.mean, "gap": self.gap})
-        if ctx.split != "train" or not acc.full:
+        if ctx.split != "train" or acc.count < self.logs:
             return None
         epoch = v.get("epoch")
         loss = v.get("loss")
-        if epoch is None or epoch >= 0.5 or loss is None or loss >= 0.1 or acc.mean < 0.95:
+        if epoch is None or epoch >= 0.5 or loss is None or loss >= 0.1:
             return None
-        low = min(acc.buf)
-        if low >= 0.95 and f.margin20.slope > 0:
-            return Finding(f"Win rate ≥ 0.95 for 10 logs before half of the first epoch (epoch {_g(epoch)}), "
-                           f"loss {_g(loss)} < 0.1 and the margin still growing.",
-                           {"accuracy_min_w10": low, "loss": loss, "epoch": epoch})
+        low = min(acc.ordered()[-self.logs:])
+        if low >= 0.95 and f.margin20.count >= 2 and f.margin20.slope > 0:
+            return Finding(f"Win rate ≥ 0.95 for {self.logs} logs before half of the first epoch (epoch "
+                           f"{_g(epoch)}), loss {_g(loss)} < 0.1 and the margin still growing.",
+                           {"accuracy_min": low, "logs": self.logs, "loss": loss, "epoch": epoch})
         return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ptt_nb.rules._catalog_common import RL, _g
+from ptt_nb.rules._catalog_common import LN2, RL, _g
 from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
 from ptt_nb.rules._windows import Baseline, Window, finite
@@ -113,8 +113,8 @@ class RlRewardFuncFlat(Rule):
             ev[f"{f.name}_flat_logs_w10"] = f.zero.total
             if kind == "never":
                 parts.append(f"`{f.name}` has returned the same reward for every completion at all {f.n} logs "
-                             f"since the start (mean {_g(f.mean)}, std 0): a configuration bug, not a learning "
-                             "outcome")
+                             f"since the start (mean {_g(f.mean)}, std 0): a configuration bug (or a task no "
+                             "completion can score on), not a learning outcome")
             elif kind == "saturated":
                 parts.append(f"`{f.name}` is saturated: pinned at its max {_g(f.hi)} with std 0 in "
                              f"{f.zero.total:.0f} of the last 10 logs")
@@ -142,7 +142,7 @@ class RlEmptyCompletions(Rule):
               "lower the learning rate, check the chat template / generation prompt (add_generation_prompt) and "
               "that eos_token_id is not the first token the template expects; "
               "mask_truncated_completions does not help here.")
-    reference, url = cite("trl_docs", "rlhf_n_implementation_details")
+    reference, url = cite("trl_docs")
     panels = ("rl_lengths", "rl_reward")
     for_logs = 3
 
@@ -208,11 +208,13 @@ class RlLengthCollapse(Rule):
 
 
 class OdpoDegenerateCompletions(Rule):
-    """Online DPO logs no completion length; it logs the summed log-probs of the two sampled completions. Both
-    above ln 0.5 (each whole completion has probability > 1/2 under the policy) with every completion ending in
-    EOS means the policy samples one near-certain, short (typically empty) completion: the two completions of a
-    pair are likely identical and the preference carries no signal. ``for_logs = 3``. Healthy tiny runs log
-    logps of −10 to −40 nats."""
+    """Online DPO logs no completion length; it logs the batch means of the summed log-probs of the two sampled
+    completions (``logps/chosen``, ``logps/rejected``). Their average above ln ½ (a typical whole completion has
+    probability > ½ under the policy) with every completion ending in EOS means the policy samples one
+    near-certain, short (typically empty) completion: the two completions of a pair are often identical
+    (``rewards/margins`` exactly 0) and the preference carries no signal. ``for_logs = 3``. Healthy tiny runs log
+    −10 to −40 nats; the provoked run crosses ln ½ after ~15 logs, with single logs still dipping to −1 (one
+    pair of distinct completions), which is why the average is read and not each side."""
 
     id = "odpo_degenerate_completions"
     title = "Online DPO samples one near-certain (empty) completion"
@@ -233,10 +235,9 @@ class OdpoDegenerateCompletions(Rule):
         e = v.get("val/contain_eos_token")
         if r is None or e is None or not (finite(c) and finite(r) and finite(e)):
             return None
-        lim = -math.log(2.0)
-        if c <= lim or r <= lim or e < 0.99:
+        if 0.5 * (c + r) <= -LN2 or e < 0.99:
             return None
-        return Finding(f"logps/chosen {_g(c)} and logps/rejected {_g(r)} (> ln ½) with every completion ending in "
+        return Finding(f"logps/chosen {_g(c)} and logps/rejected {_g(r)} (mean > ln ½) with every completion ending in "
                        f"EOS for {self.held_logs} logs: the policy emits one near-certain completion, most likely "
                        "empty; the pairs carry no preference signal.",
                        {"logps/chosen": c, "logps/rejected": r, "val/contain_eos_token": e,
@@ -292,10 +293,12 @@ class RlToolFailures(Rule):
 
 
 class RlToolCallsCollapse(Rule):
-    """GRPO with ``tools=``: ``tools/call_frequency`` (calls per completion) falling to under a tenth of its start
-    (B = median of the first 5 logs, B ≥ 0.1) over the mean of the last 5 logs, for 3 logs in a row
-    (``for_logs``): the policy has learnt not to use the tool (a reward that a tool-free answer earns as well, or
-    tool calls that fail or cost length)."""
+    """GRPO with ``tools=``: ``tools/call_frequency`` (calls per completion; its mean over the last 5 logs, W5)
+    falling to under a fifth of its peak (the highest W5 so far, ≥ 0.1), for 3 logs in a row (``for_logs``): the
+    policy has learnt not to use the tool (a reward that a tool-free answer earns as well, or tool calls that fail
+    or cost length). The peak, not the first logs, is the reference: a penalised tool run collapses within its
+    first 5 logs. Not "exactly 0": once calls are rare few groups hold one, so the decay toward 0 is slow (0-0.25 a
+    log with 4 completions). Healthy tiny tool runs stay above half their peak."""
 
     id = "rl_tool_calls_collapse"
     title = "The policy stopped calling its tools"
@@ -311,22 +314,24 @@ class RlToolCallsCollapse(Rule):
 
     def __init__(self) -> None:
         self.recent = Window(5)
-        self.base = Baseline(5)
+        self.peak = 0.0
 
     def check(self, ctx: Context) -> Finding | None:
         c = ctx.values["tools/call_frequency"]
         if c - c != 0.0:
             return None
-        self.recent.push(c)
-        b = self.base.value
-        if b is None:
-            self.base.push(c)
+        w = self.recent
+        w.push(c)
+        if not w.full:
             return None
-        m = self.recent.mean
-        if b < 0.1 or m >= 0.1 * b:
+        m = w.mean
+        if m > self.peak:
+            self.peak = m
+        p = self.peak
+        if p < 0.1 or m >= 0.2 * p:
             return None
-        return Finding(f"Tool calls per completion fell to {_g(m)} (mean of the last 5 logs) from {_g(b)} at the "
-                       "start: the policy has stopped using its tools.", {"call_frequency_w5": m, "baseline": b})
+        return Finding(f"Tool calls per completion fell to {_g(m)} (mean of the last 5 logs) from a peak of {_g(p)}: "
+                       "the policy has stopped using its tools.", {"call_frequency_w5": m, "peak_w5": p})
 
 
 def rl_signal_rules() -> list[Rule]:

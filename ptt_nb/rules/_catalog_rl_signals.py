@@ -130,8 +130,10 @@ class RlEmptyCompletions(Rule):
     """TRL counts the EOS token in ``completions/*_length``, so an empty completion (EOS at once) has length 1 and
     any non-empty one ≥ 2: the fraction of empty completions is at least ``2 − completions/mean_length``. High when
     that bound is ≥ 50% (mean length ≤ 1.5), critical when ``completions/max_length`` ≤ 1 (every completion empty).
-    ``for_logs = 3``. Inert when ``max_completion_length`` < 2 (a one-token budget makes length 1 legitimate).
-    Healthy tiny runs have a mean length of 8-16 (an isolated empty completion, min_length 1, is normal)."""
+    (TRL 1.16 GRPO/RLOO keep the first EOS in the completion mask, so ``completions/min_length`` is never 0 there:
+    "min_length → 0" reads as min_length 1.) ``for_logs = 3``. Inert when ``max_completion_length`` < 2 (a
+    one-token budget makes length 1 legitimate). Healthy tiny runs have a mean length of 8-16 (an isolated empty
+    completion, min_length 1, is normal)."""
 
     id = "rl_empty_completions"
     title = "Most completions are empty (EOS at once)"

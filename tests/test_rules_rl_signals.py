@@ -165,3 +165,22 @@ def test_live_grpo_with_a_constant_reward_function(tmp_path) -> None:
     rl_trainer("grpo", str(tmp_path), cb, [tiny.length_reward, tiny.constant_reward], max_steps=5).train()
     got = [a for a in cb.monitor.alerts if a.rule == "rl_reward_func_flat"]
     assert got and got[0].severity == "high" and "constant_reward" in got[0].message
+
+
+def test_non_finite_values_never_break_the_rules() -> None:
+    """Every value of every recorded run made NaN at log 3 (and the per-function std made inf at log 4): no rule
+    is disabled, and the provoked episodes still open."""
+    for name in ("constant_reward_grpo", "saturated_reward_grpo", "short_reward_grpo", "short_reward_online_dpo",
+                 "tools_grpo"):
+        for run in runs(name):
+            events = [run[0]]
+            for e in run[1:]:
+                if e.step == 3:
+                    e = type(e)(**{**e.__dict__, "values": {k: float("nan") for k in e.values}})
+                elif e.step == 4:
+                    e = type(e)(**{**e.__dict__, "values": {k: float("inf") if k.endswith("/std") else x
+                                                            for k, x in e.values.items()}})
+                events.append(e)
+            mon = replay(events)
+            assert not [a for a in mon.alerts if a.rule == "rule_error"], name
+    assert opened(replay(events), "rl_tool_calls_collapse")  # the last run of tools_grpo, perturbed

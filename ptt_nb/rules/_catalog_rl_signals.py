@@ -12,26 +12,28 @@ import math
 from ptt_nb.rules._catalog_common import LN2, RL, _g
 from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
-from ptt_nb.rules._windows import Baseline, Window, finite
+from ptt_nb.rules._windows import Baseline
 
 _ZERO_STD = 1e-8  # TRL's per-function std of identical rewards is exactly 0.0
 
 
 class _FuncState:
-    """One reward function's running facts: O(1) per log point."""
+    """One reward function's running facts: O(1) per log point (a ring of 10 flat/not-flat flags, inline)."""
 
-    __slots__ = ("name", "mean_key", "std_key", "zero", "varied", "hi", "lo", "n", "mean")
+    __slots__ = ("name", "mean_key", "std_key", "ring", "i", "count", "flat", "varied", "hi", "lo", "n")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.mean_key = f"rewards/{name}/mean"
         self.std_key = f"rewards/{name}/std"
-        self.zero = Window(10)  # 1.0 where the function's std was 0 at that log
+        self.ring = [0] * 10  # 1 where the function's std was 0 at that log
+        self.i = 0
+        self.count = 0  # logs in the ring (≤ 10)
+        self.flat = 0  # sum of the ring
         self.varied = False  # std > 0 at some log since the start
         self.hi = -math.inf  # running max / min of the function's mean
         self.lo = math.inf
         self.n = 0
-        self.mean = math.nan
 
 
 class RlRewardFuncFlat(Rule):
@@ -75,52 +77,59 @@ class RlRewardFuncFlat(Rule):
         if len(funcs) < 2:
             return None
         moving = 0
+        flat_now: list[tuple[_FuncState, float]] | None = None
         for f in funcs:
             s = v.get(f.std_key)
             m = v.get(f.mean_key)
             if s is None or m is None or s - s != 0.0 or m - m != 0.0:
-                f.mean = math.nan
                 continue
-            flat = abs(s) <= _ZERO_STD
-            f.zero.push(1.0 if flat else 0.0)
+            flat = 1 if -_ZERO_STD <= s <= _ZERO_STD else 0
+            ring = f.ring
+            i = f.i
+            f.flat += flat - ring[i]
+            ring[i] = flat
+            f.i = 0 if i == 9 else i + 1
+            if f.count < 10:
+                f.count += 1
             f.n += 1
-            f.mean = m
-            if not flat:
-                f.varied = True
-                moving += 1
             if m > f.hi:
                 f.hi = m
             if m < f.lo:
                 f.lo = m
-        if not moving:
-            return None  # every function flat: the aggregate zero-variance rule's case
-        bad: list[tuple[_FuncState, str]] = []
-        for f in funcs:
-            if f.mean - f.mean != 0.0 or f.zero.buf[f.zero.i - 1] == 0.0:
-                continue  # not flat at this log
+            if flat:
+                if flat_now is None:
+                    flat_now = []
+                flat_now.append((f, m))
+            else:
+                f.varied = True
+                moving += 1
+        if flat_now is None or not moving:
+            return None  # nothing flat, or every function flat (the aggregate zero-variance rule's case)
+        bad: list[tuple[_FuncState, float, str]] = []
+        for f, m in flat_now:
             if not f.varied:
-                bad.append((f, "never"))
-            elif f.zero.full and f.zero.total >= 8.0:
+                bad.append((f, m, "never"))
+            elif f.count == 10 and f.flat >= 8:
                 span = max(f.hi - f.lo, abs(f.hi), 1e-12)
-                bad.append((f, "saturated" if f.mean >= f.hi - 1e-6 * span else "dead"))
+                bad.append((f, m, "saturated" if m >= f.hi - 1e-6 * span else "dead"))
         if not bad:
             return None
-        never = [f for f, kind in bad if kind == "never"]
+        never = any(kind == "never" for _, _, kind in bad)
         parts = []
         ev: dict[str, float] = {}
-        for f, kind in bad:
-            ev[f.mean_key] = f.mean
-            ev[f"{f.name}_flat_logs_w10"] = f.zero.total
+        for f, m, kind in bad:
+            ev[f.mean_key] = m
+            ev[f"{f.name}_flat_logs_w10"] = float(f.flat)
             if kind == "never":
                 parts.append(f"`{f.name}` has returned the same reward for every completion at all {f.n} logs "
-                             f"since the start (mean {_g(f.mean)}, std 0): a configuration bug (or a task no "
+                             f"since the start (mean {_g(m)}, std 0): a configuration bug (or a task no "
                              "completion can score on), not a learning outcome")
             elif kind == "saturated":
                 parts.append(f"`{f.name}` is saturated: pinned at its max {_g(f.hi)} with std 0 in "
-                             f"{f.zero.total:.0f} of the last 10 logs")
+                             f"{f.flat} of the last 10 logs")
             else:
-                parts.append(f"`{f.name}` is dead: std 0 in {f.zero.total:.0f} of the last 10 logs (mean "
-                             f"{_g(f.mean)}, range so far {_g(f.lo)}..{_g(f.hi)})")
+                parts.append(f"`{f.name}` is dead: std 0 in {f.flat} of the last 10 logs (mean "
+                             f"{_g(m)}, range so far {_g(f.lo)}..{_g(f.hi)})")
         ev["moving_functions"] = float(moving)
         msg = "; ".join(parts) + f", while {moving} other reward function(s) still vary: it adds no advantage."
         return Finding(msg, ev, severity="high" if never else None)
@@ -190,19 +199,24 @@ class RlLengthCollapse(Rule):
 
     def __init__(self) -> None:
         self.base = Baseline(5)
-        self.recent = Window(5)
+        self.ring = [0.0] * 5  # the last 5 values (the mean is taken by sum(): 5 floats, no running-sum drift)
+        self.i = 0
 
     def check(self, ctx: Context) -> Finding | None:
         ln = ctx.values["completions/mean_length"]
         if ln - ln != 0.0:
             return None
-        self.recent.push(ln)
+        i = self.i
+        self.ring[i] = ln
+        self.i = 0 if i == 4 else i + 1
         b = self.base.value
         if b is None:
-            self.base.push(ln)
+            self.base.push(ln)  # the ring is full when the baseline is (both 5 values)
             return None
-        m = self.recent.mean
-        if b < 4.0 or m >= 0.4 * b or m <= 1.5:
+        if b < 4.0:
+            return None
+        m = sum(self.ring) * 0.2
+        if m >= 0.4 * b or m <= 1.5:
             return None
         return Finding(f"Mean completion length over the last 5 logs is {_g(m)} tokens, {m / b:.0%} of the run's "
                        f"start ({_g(b)}): completions are collapsing.",
@@ -235,7 +249,7 @@ class OdpoDegenerateCompletions(Rule):
         c = v["logps/chosen"]
         r = v.get("logps/rejected")
         e = v.get("val/contain_eos_token")
-        if r is None or e is None or not (finite(c) and finite(r) and finite(e)):
+        if r is None or e is None or c - c != 0.0 or r - r != 0.0 or e - e != 0.0:  # inline finite()
             return None
         if 0.5 * (c + r) <= -LN2 or e < 0.99:
             return None
@@ -250,7 +264,7 @@ class RlToolFailures(Rule):
     """GRPO with ``tools=``: TRL logs ``tools/failure_frequency`` = failed calls / calls at each log, and 0.0 when no
     call was made, so only logs with calls (``tools/call_frequency`` > 0) are read. High when the mean of the last 5
     such logs is ≥ 0.5 (most calls fail: the policy learns from error messages, not results); medium when it has
-    risen ≥ 0.25 above its start (B = median of the first 5 such logs). ``for_logs = 3``. A healthy tool fails
+    risen ≥ 0.25 above its start (B = mean of the first 5 such logs). ``for_logs = 3``. A healthy tool fails
     at none of its calls in the tiny runs."""
 
     id = "rl_tool_failures"
@@ -267,24 +281,30 @@ class RlToolFailures(Rule):
     for_logs = 3
 
     def __init__(self) -> None:
-        self.recent = Window(5)
-        self.base = Baseline(5)
+        self.ring = [0.0] * 5  # the last 5 logs with calls (mean by sum(): no running-sum drift)
+        self.i = 0
+        self.n = 0
+        self.base: float | None = None  # the mean of the first 5 logs with calls
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
         f = v["tools/failure_frequency"]
         calls = v.get("tools/call_frequency")
-        if calls is None or not (finite(f) and finite(calls)) or calls <= 0.0:
+        if calls is None or f - f != 0.0 or calls - calls != 0.0 or calls <= 0.0:
             return None
-        self.recent.push(f)
-        self.base.push(f)
-        if not self.recent.full:
-            return None
-        m = self.recent.mean
-        b = self.base.value
+        i = self.i
+        self.ring[i] = f
+        self.i = 0 if i == 4 else i + 1
+        if self.n < 5:
+            self.n += 1
+            if self.n < 5:
+                return None
+            self.base = sum(self.ring) * 0.2
+        m = sum(self.ring) * 0.2
+        b = self.base
         ev = {"failure_frequency_w5": m, "tools/call_frequency": calls}
         if m >= 0.5:
-            every = self.recent.total >= 5.0
+            every = m >= 1.0
             return Finding(f"{'Every' if every else f'{m:.0%} of the'} tool call{'' if every else 's'} failed over "
                            "the last 5 logs with calls: the tool raises or the calls are malformed.", ev)
         if b is not None and m >= b + 0.25:
@@ -315,18 +335,23 @@ class RlToolCallsCollapse(Rule):
     for_logs = 3
 
     def __init__(self) -> None:
-        self.recent = Window(5)
+        self.ring = [0.0] * 5  # the last 5 values (mean by sum(): no running-sum drift)
+        self.i = 0
+        self.n = 0
         self.peak = 0.0
 
     def check(self, ctx: Context) -> Finding | None:
         c = ctx.values["tools/call_frequency"]
         if c - c != 0.0:
             return None
-        w = self.recent
-        w.push(c)
-        if not w.full:
-            return None
-        m = w.mean
+        i = self.i
+        self.ring[i] = c
+        self.i = 0 if i == 4 else i + 1
+        if self.n < 5:
+            self.n += 1
+            if self.n < 5:
+                return None
+        m = sum(self.ring) * 0.2
         if m > self.peak:
             self.peak = m
         p = self.peak

@@ -13,13 +13,14 @@ divided by its steps) and teardown (``on_train_end``; for W&B also ``wandb.finis
 because WandbCallback leaves the run open, and counted in that arm's wall). A do-nothing callback (no overrides)
 is timed the same way in every arm; its per-step time, the wrappers' own cost, is subtracted. ``on_init_end``
 runs inside the Trainer constructor, before the wrappers exist, and is not timed (ptt_nb finds its trainer
-there). Ratios: the arm's train() (+ wandb.finish) over the bare arm's in the same rotation, as wall time and
-as CPU time of this process (all threads) plus its children (wandb-core), median over rotations. Arms are
-rotated (rotation r starts at arm r) so load from the shared machine's other processes falls on every arm
-alike; a warm-up rotation of ``--warmup-steps`` first pays each library's import and first start (the
-wandb-core service, ...) and is not counted (its walls are printed as "cold s"). The hook times are what the
-training loop waits for per step, and carry over to a real model; the ratios are for these tiny CPU steps
-(tens of ms) and shrink as the step grows.
+there). Ratios: the arm's train() (+ wandb.finish) over the mean of the two bare runs that open and close
+the same rotation, as wall time and as CPU time of this process (all threads) plus its children (wandb-core),
+median over rotations. The observer arms are rotated (rotation r starts at the r-th) so load from the shared
+machine's other processes falls on every arm alike; a warm-up rotation of ``--warmup-steps`` first pays each
+library's import and first start (the wandb-core service, ...) and is not counted (its walls are printed as
+"cold s"). The hook times are what the training loop waits for per step and carry over to a real model
+(on a loaded machine the wall figure also holds preemption: read the CPU one); the ratios are for these tiny
+CPU steps (tens of ms) and shrink as the step grows.
 
 Arms. bare: ``report_to=[]``, ``disable_tqdm=True`` and transformers' PrinterCallback removed, so only
 DefaultFlowCallback (it drives logging and stopping; every arm has it) and the do-nothing probe remain. Every
@@ -42,7 +43,7 @@ forbids, so pin everything else and let pip pick pillow 12 (trackio runs on pill
 
     grep -v '^pillow==' constraints.txt > /tmp/peers-constraints.txt
     pip install -c /tmp/peers-constraints.txt -e '.[trl,peers]'
-    python benchmarks/peers.py [--steps 50] [--reps 5] [--algos dpo,grpo] [--arms bare,tqdm,...] [--threads 1]
+    python benchmarks/peers.py [--steps 50] [--reps 4] [--algos dpo,grpo] [--arms tqdm,...] [--threads 1] [--detail]
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class Result:
     teardown_ns: int = 0  # wall in on_train_end (+ wandb.finish)
     probe_ns: int = 0  # the do-nothing callback's per-step events: the wrappers' own cost
     probe_cpu_ns: int = 0
+    events_cpu_ns: dict[str, int] = field(default_factory=dict)  # per-step event -> thread CPU ns, summed
 
 
 def run_arm(arm: Arm, algorithm: str, steps: int, tmp: Path, tag: str) -> Result:
@@ -214,6 +216,7 @@ def run_arm(arm: Arm, algorithm: str, steps: int, tmp: Path, tag: str) -> Result
             else:
                 res.step_ns += ns
                 res.step_cpu_ns += cpu_ns
+                res.events_cpu_ns[name] = res.events_cpu_ns.get(name, 0) + cpu_ns
     for name, (ns, cpu_ns) in spent[id(probe)].items():
         if name not in SETUP_EVENTS + TEARDOWN_EVENTS:
             res.probe_ns += ns
@@ -233,13 +236,15 @@ def available(arms: list[Arm]) -> list[Arm]:
     return keep
 
 
-def summarise(algorithm: str, arms: list[Arm], results: dict[str, list[Result]], cold: dict[str, float]) -> None:
+def summarise(algorithm: str, arms: list[Arm], results: dict[str, list[Result]], cold: dict[str, float],
+              detail: bool = False) -> None:
     bare = results["bare"]
     bare_ms = statistics.median(r.wall / r.steps for r in bare) * 1e3
     print(f"\n{algorithm.upper()}: {bare[0].steps} steps x {len(bare)} rotations; bare run {bare_ms:.1f} ms/step "
           f"wall (median). µs/step: time inside the observer's per-step hooks, net of the timing wrappers (median of "
           f"the rotations); setup/teardown: on_train_begin / on_train_end (+ wandb.finish), ms per run; ratios: "
-          f"train() vs bare in the same rotation, median [min-max]; CPU: this process and its children")
+          f"train() vs the mean of the rotation's opening and closing bare runs, median "
+          f"[min-max]; CPU: this process and its children")
     print(f"{'observer':<12} {'wall µs/step':>12} {'CPU µs/step':>11} {'setup ms':>9} {'teardown ms':>11} "
           f"{'wall ratio':>22} {'CPU ratio':>22} {'cold s':>7} {'init s':>7}")
 
@@ -258,6 +263,14 @@ def summarise(algorithm: str, arms: list[Arm], results: dict[str, list[Result]],
               f"{med(r.teardown_ns / 1e6 for r in rs):>11.1f} "
               f"{med(walls):>8.3f} [{min(walls):.3f}-{max(walls):.3f}] {med(cpus):>8.3f} [{min(cpus):.3f}-"
               f"{max(cpus):.3f}] {cold.get(arm.name, float('nan')):>7.2f} {med(r.init for r in rs):>7.2f}")
+    if detail:
+        print("per-event CPU µs/step (gross, the wrapper's share included), events above 1 µs:")
+        for arm in arms[1:]:
+            rs = results[arm.name]
+            names = sorted({n for r in rs for n in r.events_cpu_ns})
+            per = {n: med(r.events_cpu_ns.get(n, 0) / r.steps / 1e3 for r in rs) for n in names}
+            print(f"  {arm.name:<12} " + ", ".join(f"{n} {v:.1f}" for n, v in sorted(per.items(), key=lambda kv: -kv[1])
+                                                 if v >= 1.0))
     probe = med(r.probe_ns / r.steps / 1e3 for rs in results.values() for r in rs)
     print(f"(timing wrappers: {probe:.1f} µs/step per callback, timed on a do-nothing callback and subtracted; "
           f"cold s: wall of the arm's first run in this process, the short warm-up)")
@@ -275,21 +288,27 @@ def measure(algorithm: str, arms: list[Arm], a: argparse.Namespace, tmp: Path) -
             print(f"skipped {arm.name} for {algorithm}: {type(exc).__name__}: {str(exc)[:200]}")
             arms.remove(arm)
     results: dict[str, list[Result]] = {arm.name: [] for arm in arms}
-    for rep in range(a.reps):
-        order = arms[rep % len(arms):] + arms[:rep % len(arms)]
+    bare, others = arms[0], arms[1:]
+    for rep in range(a.reps):  # bare opens and closes each rotation: the ratio's yardstick is their mean
+        order = others[rep % len(others):] + others[:rep % len(others)] if others else []
+        first = run_arm(bare, algorithm, a.steps, tmp, f"{algorithm}-bare-{rep}a")
         for arm in order:
             results[arm.name].append(run_arm(arm, algorithm, a.steps, tmp, f"{algorithm}-{arm.name}-{rep}"))
-    summarise(algorithm, arms, results, cold)
+        last = run_arm(bare, algorithm, a.steps, tmp, f"{algorithm}-bare-{rep}b")
+        results["bare"].append(Result(wall=(first.wall + last.wall) / 2, cpu=(first.cpu + last.cpu) / 2,
+                                      init=(first.init + last.init) / 2, steps=first.steps))
+    summarise(algorithm, arms, results, cold, a.detail)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=4)
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--algos", default="dpo,grpo")
     p.add_argument("--arms", default=",".join(a.name for a in ARMS))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--detail", action="store_true", help="also print each observer's CPU time per event")
     a = p.parse_args()
     wanted = a.arms.split(",")
     unknown = set(wanted) - {arm.name for arm in ARMS}

@@ -5,8 +5,11 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import os
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,18 +27,29 @@ from .scripts.inject import Injector
 SECRET = "T000SECRET/B000/xyzzy-webhook-token"
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up on a held request: the late reply meets a closed socket
+
+
 class _Hook:
-    """A local webhook endpoint: records every POST body; ``delay_s`` makes it slow."""
+    """A local webhook endpoint: records every POST body; ``delay_s`` holds each request that long before the
+    reply (``arrived`` / ``released`` count the held ones; ``close`` lets them go)."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.posts: list[tuple[str, dict]] = []
+        self.arrived: list[float] = []
+        self.released: list[float] = []
+        self.gate = threading.Event()
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if delay_s:
-                    time.sleep(delay_s)
+                    hook.arrived.append(time.monotonic())
+                    hook.gate.wait(delay_s)
+                    hook.released.append(time.monotonic())
                 hook.posts.append((self.path, json.loads(body)))
                 self.send_response(200)
                 self.end_headers()
@@ -44,7 +58,7 @@ class _Hook:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -58,6 +72,7 @@ class _Hook:
             time.sleep(0.02)
 
     def close(self) -> None:
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -156,6 +171,73 @@ def test_slow_endpoint_does_not_slow_steps(tmp_path):
         assert statistics.median(with_slow) < 3 * statistics.median(without) + 0.05
     finally:
         slow.close()
+
+
+HANG_S = 10.0  # twice the notifier's timeout: every attempt of every message hangs until it gives up
+
+
+def _notify_warnings(text: str) -> int:
+    return text.count("notification endpoint")
+
+
+def test_hanging_endpoint_holds_neither_the_steps_nor_the_end_of_train(tmp_path, caplog):
+    """The alert at step 4 goes to an endpoint that holds every request 10 s: the later steps run while that
+    request is held, and train() (its end waits a bounded ``FLUSH_S`` for the queue) returns before the server has
+    let the first request go. Timing is a ratio to the same run without notify."""
+    hang = _Hook(delay_s=HANG_S)
+    caplog.set_level(logging.WARNING, logger="ptt_nb")
+    try:
+        _, bare, _ = _nan_run(tmp_path / "bare", steps=12)
+        callback, timed, _ = _nan_run(tmp_path / "hang", steps=12, notify=hang.url())
+        arrived, released = len(hang.arrived), len(hang.released)
+        notifier = callback._notifier
+        still_busy = not notifier.flush(0.05)
+        after_alert, bare_after = timed.durations()[4:], bare.durations()[4:]
+        print(f"steps after the alert, median s: {statistics.median(bare_after):.3f} without notify, "
+              f"{statistics.median(after_alert):.3f} with the request held; held {arrived}, released {released}")
+        assert arrived >= 1 and released == 0  # the alert's request reached the server and is still held
+        assert len(timed.t) == 12 and callback.monitor.end_event.reason == "finished"
+        assert still_busy and notifier.sent == 0  # the worker is still stuck on that post
+        assert statistics.median(after_alert) < 3 * statistics.median(bare_after) + 0.05
+        assert _notify_warnings(caplog.text) <= 1
+    finally:
+        hang.close()
+
+
+def test_a_script_exits_while_the_endpoint_still_holds_its_first_request(tmp_path):
+    """The daemon worker stuck in a 10 s request (and its retries) must not keep a training script alive: the
+    process ends, at most one warning printed, before the server releases the first request."""
+    hang = _Hook(delay_s=HANG_S)
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "import torch; torch.set_num_threads(1)\n"
+        "from ptt_nb import DiagnosticsCallback\nfrom ptt_nb.tiny import make_trainer\n"
+        "from tests.scripts.inject import Injector\n"
+        f"cb = DiagnosticsCallback(run_dir={str(tmp_path / 'run')!r}, widget=False, console=False, "
+        f"notify={hang.url()!r})\n"
+        "inj = Injector('nan', 3)\n"
+        f"trainer = make_trainer('dpo', {str(tmp_path / 'work')!r}, callbacks=[cb, inj], max_steps=8)\n"
+        "inj.attach(trainer.model)\ntrainer.train()\nprint('trained', cb.monitor.step, flush=True)\n")
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=stdout, stderr=stderr,
+                                env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
+    try:
+        released_at_exit = None
+        while not hang.released:  # whichever comes first: the script's exit or the first release
+            if proc.poll() is not None:
+                released_at_exit = len(hang.released)
+                break
+            time.sleep(0.02)
+        assert released_at_exit == 0, "the script was still running when the server released its first request"
+        assert proc.returncode == 0 and "trained 8" in out.read_text(), err.read_text()[-2000:]
+        assert len(hang.arrived) >= 1  # the alert's request did reach the server (and was held)
+        assert _notify_warnings(err.read_text()) <= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        hang.close()
 
 
 def _alert(rule: str, step: int, severity: str = "critical", state: str = "active") -> Alert:

@@ -2,7 +2,8 @@
 
 Each rule fires on a real tiny TRL 1.16 run whose pathology was provoked through a real mechanism (recorded by
 ``tests/data/record_rl_signals.py`` into ``tests/data/rl_signals/``: a constant reward function, a capped reward
-the policy saturates, a reward paying for brevity, a tool that raises, a reward penalising tool calls) and stays
+the policy saturates, one that dies at its floor, a reward paying for brevity, a tool that raises, a tool that
+degrades as it is used, a reward penalising tool calls) and stays
 silent on the healthy recordings (``tests/data/healthy_{grpo,rloo,online_dpo}.jsonl``, a healthy multi-reward
 GRPO/RLOO run and a healthy tool run). One live test runs a real GRPO with a constant second reward function.
 """
@@ -36,7 +37,7 @@ def opened(mon: Monitor, rule_id: str) -> list:
 
 def test_recordings_are_small() -> None:
     files = sorted((DATA / "rl_signals").glob("*.jsonl"))
-    assert len(files) == 7
+    assert len(files) == 9
     assert all(p.stat().st_size < 100_000 for p in files), [(p.name, p.stat().st_size) for p in files]
 
 
@@ -99,6 +100,14 @@ def test_saturated_reward_function_named_while_the_others_move() -> None:
     assert got[0].evidence["rewards/capped_length/mean"] == 1.0
 
 
+def test_dead_reward_function_at_its_floor() -> None:
+    (run,) = runs("dead_reward_grpo")
+    got = opened(replay(run), "rl_reward_func_flat")
+    assert got and {a.severity for a in got} == {"medium"}
+    assert "`brief_bonus` is dead" in got[0].message and "saturated" not in got[0].message
+    assert got[0].evidence["rewards/brief_bonus/mean"] == 0.0
+
+
 def test_single_reward_function_is_left_to_the_aggregate_rule() -> None:
     (run,) = runs("short_reward_grpo")
     assert not opened(replay(run), "rl_reward_func_flat")
@@ -142,6 +151,13 @@ def test_tool_that_always_raises() -> None:
     got = opened(replay(run), "rl_tool_failures")
     assert got and got[0].severity == "high" and got[0].message.startswith("Every tool call failed")
     assert not opened(replay(run), "rl_tool_calls_collapse")
+
+
+def test_degrading_tool_failures_rise() -> None:
+    (run,) = runs("flaky_tool_grpo")
+    got = opened(replay(run), "rl_tool_failures")
+    assert got and got[0].severity == "medium" and "rose" in got[0].message
+    assert got[0].evidence["failure_frequency_w5"] >= got[0].evidence["baseline"] + 0.25
 
 
 def test_policy_stops_calling_a_penalised_tool() -> None:

@@ -9,6 +9,8 @@ CPU; 4 completions per step, one log per step):
 - ``saturated_reward_grpo``: GRPO at a high learning rate with ``length_reward``, a capped length reward
   (``min(1, words/4)``) and ``good_reward``: the policy learns to stop emitting EOS early, the capped reward
   pins at its max 1.0 while ``good_reward`` still varies.
+- ``dead_reward_grpo``: the same run with ``brief_bonus`` (1.0 for at most four words) in place of the capped
+  reward: it varies early, then dies at its floor 0 as completions lengthen.
 - ``short_reward_grpo`` / ``short_reward_rloo``: a reward of minus the completion length at a high learning rate:
   completions shrink to a fraction of their start, then to EOS alone (empty).
 - ``short_reward_online_dpo``: the same reward in Online DPO: the policy collapses onto one near-certain (empty)
@@ -17,6 +19,8 @@ CPU; 4 completions per step, one log per step):
   on a byte-level tokenizer with one token for the tool-call text; the policy's trainable lm_head bias starts
   favouring that token, standing in for tool-use SFT). Run 1 healthy (the tool answers), run 2 the tool always
   raises, run 3 the reward penalises every tool call (the policy learns to stop calling it).
+- ``flaky_tool_grpo``: the healthy tool run with a lookup service that degrades as it is used (call n fails
+  with probability min(0.35, n/150)): the failure rate rises from ~0.05 to ~0.35.
 
 The event files are written as ``record_rules_logs.recorded_lines`` writes the healthy ones (alerts dropped,
 no wall times, 5 significant digits).
@@ -55,6 +59,11 @@ def capped_length(completions: list[Any], **kwargs: Any) -> list[float]:
     return [min(1.0, len(str(c).split()) / 4.0) for c in completions]
 
 
+def brief_bonus(completions: list[Any], **kwargs: Any) -> list[float]:
+    """1.0 for a completion of at most four words: dies at its floor 0 once the policy writes long answers."""
+    return [1.0 if len(str(c).split()) <= 4 else 0.0 for c in completions]
+
+
 def short_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     """Minus the completion length: pays for brevity, so completions collapse to EOS alone."""
     return [-float(len(str(c).split())) / 8.0 for c in completions]
@@ -73,6 +82,22 @@ def lookup() -> str:
 def broken_lookup() -> str:
     """Look the answer up."""
     raise RuntimeError("lookup service unavailable")
+
+
+def degrading_lookup_tool(ramp: int = 150, worst: float = 0.35) -> Callable[[], str]:
+    """A lookup service that degrades as it is used (a flaky backend under load): call ``n`` fails with
+    probability ``min(worst, n / ramp)`` (seeded per call, so the recording is reproducible)."""
+    calls = [0]
+
+    def lookup() -> str:
+        """Look the answer up."""
+        n = calls[0]
+        calls[0] += 1
+        if random.Random(n).random() < min(worst, n / ramp):
+            raise TimeoutError("lookup service timed out")
+        return "yes"
+
+    return lookup
 
 
 # ---- trainers -------------------------------------------------------------------------------------------------
@@ -189,11 +214,15 @@ def recordings() -> dict[str, list[Callable]]:
                                      max_completion_length=16)],
         "saturated_reward_grpo": [_rl("grpo", [length, capped_length, good_reward], max_steps=30,
                                       learning_rate=1e-2, max_completion_length=16)],
+        "dead_reward_grpo": [_rl("grpo", [length, brief_bonus, good_reward], max_steps=30, learning_rate=1e-2,
+                                 max_completion_length=16)],
         "short_reward_grpo": [_rl("grpo", [short_reward], max_steps=30, learning_rate=3e-2,
                                   max_completion_length=16)],
         "short_reward_rloo": [_rl("rloo", [short_reward], max_steps=30, learning_rate=3e-2,
                                   max_completion_length=16)],
         "short_reward_online_dpo": [_rl("online_dpo", [short_reward], max_steps=25, learning_rate=3e-2)],
+        "flaky_tool_grpo": [lambda tmp, cb: tool_trainer(tmp, cb, degrading_lookup_tool(), [length], max_steps=25,
+                                                         learning_rate=1e-4)],
         "tools_grpo": [_tools(lookup, [length], max_steps=15, learning_rate=1e-4),
                        _tools(broken_lookup, [length], max_steps=15, learning_rate=1e-4),
                        _tools(lookup, [no_tool_reward], max_steps=30, learning_rate=2e-2)],

@@ -112,6 +112,18 @@ class RlTruncation(Rule):
         self.clip = Window(10)
         self.eos = Window(10)
         self.over80 = 0  # consecutive logs with clipped_ratio > 0.8
+        self.clipped = 0.0
+        # This condition often holds for a whole GRPO run: one Finding per severity, its text read from the
+        # rule's state only when the Engine opens an episode (Finding's docstring), so a holding check is free.
+        self.findings = {sev: Finding(self._clip_message, self._clip_evidence, severity=sev)
+                         for sev in (None, "critical")}
+
+    def _clip_message(self) -> str:
+        every = " (every log > 80%)" if self.over80 >= 10 else ""
+        return f"{self.clip.mean:.0%} of completions were truncated over the last 10 logs{every}: rewards are noisy."
+
+    def _clip_evidence(self) -> dict[str, float]:
+        return {"clipped_ratio_mean_w10": self.clip.mean, "clipped_ratio": self.clipped}
 
     def check(self, ctx: Context) -> Finding | None:
         v = ctx.values
@@ -119,13 +131,10 @@ class RlTruncation(Rule):
         if c is not None and c - c == 0.0:
             w = self.clip
             w.push(c)
+            self.clipped = c
             self.over80 = self.over80 + 1 if c > 0.8 else 0
             if w.count == 10 and w.total > 2.0:
-                sev = "critical" if self.over80 >= 10 else None
-                mean = w.mean  # text deferred (Finding): this condition often holds for a whole run
-                return Finding(lambda: f"{mean:.0%} of completions were truncated over the last 10 logs"
-                               f"{' (every log > 80%)' if sev else ''}: rewards are noisy.",
-                               lambda: {"clipped_ratio_mean_w10": mean, "clipped_ratio": c}, severity=sev)
+                return self.findings["critical" if self.over80 >= 10 else None]
             return None
         e = v.get("val/contain_eos_token")
         if e is not None and finite(e):

@@ -29,7 +29,9 @@ class Finding:
     """What a rule reports while its condition holds. ``severity`` may escalate the rule's default.
 
     ``message`` and ``evidence`` may be zero-argument callables: the Engine calls them only when it opens an
-    episode, so a condition that holds for a thousand logs formats its text once, not on every check."""
+    episode, so a condition that holds for a thousand logs formats its text once, not on every check. A rule may
+    then return the same Finding each time (bound methods reading its state): the Engine never keeps or changes
+    a Finding."""
 
     message: str | Callable[[], str]
     evidence: dict[str, float] | Callable[[], dict[str, float]] = field(default_factory=dict)

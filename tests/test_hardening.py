@@ -77,10 +77,17 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("hardening")
 
 
-def train(workdir: Path, run_dir: Path, callbacks: list, max_steps: int = 4, **options) -> tuple:
+def train(workdir: Path, run_dir: Path, callbacks: list, max_steps: int = 4, printer: bool = True,
+          **options) -> tuple:
+    """``printer=False`` drops transformers' PrinterCallback, whose print(logs) raises on values that no
+    tracker prints either (an int of 5,000 digits, an object whose repr raises): not ptt_nb's to survive."""
     cb = DiagnosticsCallback(run_dir=run_dir, console=False, widget=False, **options)
     trainer = make_trainer("sft", workdir, max_steps=max_steps, callbacks=[*callbacks, cb],
                            output_dir=str(run_dir.parent / f"{run_dir.name}-out"))
+    if not printer:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     trainer.train()  # must not raise
     assert trainer.state.global_step == max_steps
     return cb, trainer
@@ -355,10 +362,7 @@ class DrawnRule(Rule):
         return self.outputs[(ctx.step - 1) % len(self.outputs)]
 
 
-@pytest.mark.skip(reason="unfinished (issue 16): a drawn log value 10**5000 makes transformers' PrinterCallback "
-                  "print(logs) raise ValueError (int digit limit) outside ptt_nb, and hypothesis cannot repr a "
-                  "failing example holding Hostile; the run took 5 min, over the 1-minute budget")
-@settings(max_examples=12, deadline=None, database=None, derandomize=True,
+@settings(max_examples=30, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(logs=st.lists(st.dictionaries(_keys, _anything, max_size=4), min_size=STEPS, max_size=STEPS),
@@ -369,7 +373,7 @@ def test_random_rule_outputs_and_log_values_never_stop_training_or_lose_the_run_
     run = tmp_path_factory.mktemp("prop") / "run"
     fn_rule = rule("drawn_fn", keys=["loss"], severity="low")(lambda ctx: outputs[(ctx.step - 1) % STEPS])
     injects = Injects(lambda step: logs[(step - 1) % STEPS])
-    cb, _ = train(workdir, run, [injects], max_steps=STEPS,
+    cb, _ = train(workdir, run, [injects], max_steps=STEPS, printer=False,
                   custom_rules=[fn_rule, DrawnRule(class_outputs, start_output)])
     rows = lines_of(run)  # every line strict JSON, valid UTF-8, under MAX_LINE bytes
     assert rows[0]["kind"] == "run_start" and rows[-1]["kind"] == "run_end" and rows[-1]["reason"] == "finished"

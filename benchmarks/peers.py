@@ -38,11 +38,9 @@ urllib3's import-time bind to ::1). torch uses one thread (``--threads``): on th
 takes the observers' background threads and processes (TensorBoard's writer thread, wandb-core, trackio's
 writer, ptt_nb's batched writer), whose cost shows in the ratios, not in the hook times.
 
-Install and run. trackio 0.43 asks pillow<13, which constraints.txt's pillow==13.0.0 (the suite's venv)
-forbids, so pin everything else and let pip pick pillow 12 (trackio runs on pillow 13 too, as in the dev venv):
+Install and run (constraints.txt pins pillow 12.3, which trackio 0.43 asks for: pillow<13):
 
-    grep -v '^pillow==' constraints.txt > /tmp/peers-constraints.txt
-    pip install -c /tmp/peers-constraints.txt -e '.[trl,peers]'
+    pip install -c constraints.txt -e '.[trl,peers]'
     python benchmarks/peers.py [--steps 50] [--reps 4] [--algos dpo,grpo] [--arms tqdm,...] [--threads 1] [--detail]
 """
 

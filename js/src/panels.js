@@ -136,7 +136,7 @@ class Panel {
       }
       // the buffer may already hold points: the next flush sends them all
       Object.assign(ln, { source, replace: true, chunks: [] });
-      if (ln.base) this._addBaseline(ln, i);
+      // a baseline that arrived before the figure: flush() adds its line once this.fig is set
     });
     this.dirty = true;
 

@@ -191,3 +191,15 @@ def test_moe_aux_loss_nonfinite_is_high() -> None:
         mon.log(step, {"loss": 2.0, "aux_loss": 2.0 if step < 5 else math.nan})
     (alert,) = opened(mon, "moe_aux_loss_rising")
     assert alert.severity == "high" and alert.step == 7  # three non-finite logs
+
+
+def test_run_start_records_the_nan_filter_setting_and_the_rule_trusts_it(tmp_path: Path) -> None:
+    """The callback records logging_nan_inf_filter; a run that turned it off logs no fingerprint to read."""
+    pytest.importorskip("trl")
+    from ptt_nb import DiagnosticsCallback, tiny
+
+    cb = DiagnosticsCallback(run_dir=tmp_path / "run", widget=False, console=False)
+    tiny.make_trainer("sft", tmp_path, callbacks=[cb], max_steps=2, logging_nan_inf_filter=False).train()
+    assert cb.monitor.run.config["logging_nan_inf_filter"] is False
+    mon = replay([cb.monitor.run] + [e for e in runs("nan_filter_sft")[0][1:]])  # the filtered run's zeros
+    assert not opened(mon, "nan_filter_masked_loss")

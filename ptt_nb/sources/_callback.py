@@ -51,6 +51,7 @@ CONFIG_KEYS = (
     "cliprange_value", "vf_coef", "num_ppo_epochs", "num_mini_batches", "whiten_rewards", "missing_eos_penalty",
     "use_vllm", "vllm_mode", "packing", "completion_only_loss", "assistant_only_loss", "reward_weights",
     "center_rewards_coefficient", "disable_dropout", "precompute_ref_log_probs", "sync_ref_model",
+    "logging_nan_inf_filter",
 )
 
 

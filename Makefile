@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) $(JS_BUNDLE)
 
-$(JS_BUNDLE): $(wildcard js/src/*.js) js/package.json
-	cd js && (test -d node_modules || npm ci --no-audit --no-fund) && npm run build
+JS_DEPS := js/node_modules/.package-lock.json
+
+$(JS_DEPS): js/package.json js/package-lock.json
+	cd js && npm ci --no-audit --no-fund
+
+# the bundle is committed (a clone installs with no node); rebuilt here after edits in js/src or the palette
+$(JS_BUNDLE): $(wildcard js/src/*.js) js/package.json ptt_nb/palette.json | $(JS_DEPS)
+	cd js && npm run build
 
 js: $(JS_BUNDLE)
 
@@ -49,7 +55,7 @@ else
 	$(VENV)/bin/ptt-nb demo
 endif
 
-test: install chromium ppo-env colab-env lint
+test: install $(JS_DEPS) chromium ppo-env colab-env lint
 	cd js && npm test
 	PTT_PPO_PYTHON=$(CURDIR)/$(PPO_VENV)/bin/python PTT_COLAB_VENV=$(CURDIR)/$(COLAB_VENV) \
 		$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

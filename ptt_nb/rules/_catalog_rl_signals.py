@@ -12,7 +12,7 @@ import math
 from ptt_nb.rules._catalog_common import LN2, RL, _g
 from ptt_nb.rules._engine import Context, Finding, Rule
 from ptt_nb.rules._references import cite
-from ptt_nb.rules._windows import Baseline
+from ptt_nb.rules._windows import Baseline, Window
 
 _ZERO_STD = 1e-8  # TRL's per-function std of identical rewards is exactly 0.0
 
@@ -199,23 +199,20 @@ class RlLengthCollapse(Rule):
 
     def __init__(self) -> None:
         self.base = Baseline(5)
-        self.ring = [0.0] * 5  # the last 5 values (the mean is taken by sum(): 5 floats, no running-sum drift)
-        self.i = 0
+        self.w5 = Window(5)
 
     def check(self, ctx: Context) -> Finding | None:
         ln = ctx.values["completions/mean_length"]
         if ln - ln != 0.0:
             return None
-        i = self.i
-        self.ring[i] = ln
-        self.i = 0 if i == 4 else i + 1
+        self.w5.push(ln)
         b = self.base.value
         if b is None:
-            self.base.push(ln)  # the ring is full when the baseline is (both 5 values)
+            self.base.push(ln)  # the window is full when the baseline is (both 5 values)
             return None
         if b < 4.0:
             return None
-        m = sum(self.ring) * 0.2
+        m = self.w5.exact_mean()
         if m >= 0.4 * b or m <= 1.5:
             return None
         return Finding(f"Mean completion length over the last 5 logs is {_g(m)} tokens, {m / b:.0%} of the run's "
@@ -281,9 +278,7 @@ class RlToolFailures(Rule):
     for_logs = 3
 
     def __init__(self) -> None:
-        self.ring = [0.0] * 5  # the last 5 logs with calls (mean by sum(): no running-sum drift)
-        self.i = 0
-        self.n = 0
+        self.w5 = Window(5)  # the last 5 logs with calls
         self.base: float | None = None  # the mean of the first 5 logs with calls
 
     def check(self, ctx: Context) -> Finding | None:
@@ -292,15 +287,13 @@ class RlToolFailures(Rule):
         calls = v.get("tools/call_frequency")
         if calls is None or f - f != 0.0 or calls - calls != 0.0 or calls <= 0.0:
             return None
-        i = self.i
-        self.ring[i] = f
-        self.i = 0 if i == 4 else i + 1
-        if self.n < 5:
-            self.n += 1
-            if self.n < 5:
-                return None
-            self.base = sum(self.ring) * 0.2
-        m = sum(self.ring) * 0.2
+        w5 = self.w5
+        w5.push(f)
+        if not w5.full:
+            return None
+        m = w5.exact_mean()
+        if self.base is None:
+            self.base = m
         b = self.base
         ev = {"failure_frequency_w5": m, "tools/call_frequency": calls}
         if m >= 0.5:
@@ -335,23 +328,18 @@ class RlToolCallsCollapse(Rule):
     for_logs = 3
 
     def __init__(self) -> None:
-        self.ring = [0.0] * 5  # the last 5 values (mean by sum(): no running-sum drift)
-        self.i = 0
-        self.n = 0
+        self.w5 = Window(5)
         self.peak = 0.0
 
     def check(self, ctx: Context) -> Finding | None:
         c = ctx.values["tools/call_frequency"]
         if c - c != 0.0:
             return None
-        i = self.i
-        self.ring[i] = c
-        self.i = 0 if i == 4 else i + 1
-        if self.n < 5:
-            self.n += 1
-            if self.n < 5:
-                return None
-        m = sum(self.ring) * 0.2
+        w5 = self.w5
+        w5.push(c)
+        if not w5.full:
+            return None
+        m = w5.exact_mean()
         if m > self.peak:
             self.peak = m
         p = self.peak

@@ -54,6 +54,13 @@ class Window:
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
 
+    def exact_mean(self) -> float:
+        """The mean summed afresh from the buffer, free of the running total's rounding: for small windows whose
+        mean a threshold can meet exactly (five 1.0s must read 1.0)."""
+        if self.count == self.n:
+            return sum(self.buf) * (1.0 / self.n)
+        return sum(self.buf[:self.count]) / self.count if self.count else 0.0
+
     def ordered(self) -> list[float]:
         """The window, oldest first (O(n): for rare exact computations only)."""
         if self.count < self.n:

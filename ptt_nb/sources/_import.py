@@ -107,13 +107,7 @@ def group_by_step(points: Iterable[tuple[int, str, float, float | None]]) -> lis
         logs[key] = value
         if t is not None:
             times[(step, split)] = t
-    out = []
-    for step in sorted(by_step):
-        for split in ("train", "eval", "summary"):
-            logs = by_step[step].get(split)
-            if logs and not (split != "summary" and set(logs) <= {"epoch"}):
-                out.append((step, logs, times.get((step, split))))
-    return out
+    return _in_step_order(by_step, times)
 
 
 def group_rows(rows: Iterable[tuple[int, dict[str, Any], float | None]]) -> list[tuple[int, dict, float | None]]:
@@ -145,6 +139,13 @@ def group_rows(rows: Iterable[tuple[int, dict[str, Any], float | None]]) -> list
                 splits[split] = logs
             if t is not None:
                 times[(step, split)] = t
+    return _in_step_order(by_step, times)
+
+
+def _in_step_order(by_step: dict[int, dict[str, dict[str, Any]]], times: dict[tuple[int, str], float]
+                   ) -> list[tuple[int, dict[str, Any], float | None]]:
+    """The grouped log dicts as the replay wants them: by step, train before eval before summary, and no dict
+    that holds only ``epoch`` (trackers log it beside every value)."""
     out = []
     for step in sorted(by_step):
         for split in ("train", "eval", "summary"):

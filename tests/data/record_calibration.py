@@ -24,7 +24,7 @@ from typing import Any
 HERE = Path(__file__).parent
 OUT = HERE / "calibration"
 sys.path.insert(0, str(HERE))
-from record_rules_logs import recorded_lines  # noqa: E402 - a sibling script, not a package
+from record_rules_logs import recorded_lines, write_recording  # noqa: E402 - a sibling script, not a package
 
 
 def target_length_reward(completions: list[Any], **kwargs: Any) -> list[float]:
@@ -86,11 +86,8 @@ def _stop_at(step: int) -> Any:
 
 
 def _write(name: str, lines: list[str], seconds: float) -> Path:
-    OUT.mkdir(exist_ok=True)
-    path = OUT / f"{name}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    print(f"{path}: {len(lines)} lines, {path.stat().st_size} bytes, {seconds:.0f}s", file=sys.stderr)
-    return path
+    print(f"{name}: {seconds:.0f}s", file=sys.stderr)
+    return write_recording(OUT / f"{name}.jsonl", lines)
 
 
 def record(name: str) -> Path:

@@ -78,9 +78,14 @@ def record(name: str) -> Path:
             trainer.train()
             print(f"{name}: {algorithm} {kwargs} {time.time() - t0:.1f}s", file=sys.stderr)
             lines.extend(recorded_lines(Path(tmp) / "run" / "events.jsonl"))
-    path = HERE / f"{name}.jsonl"
+    return write_recording(HERE / f"{name}.jsonl", lines)
+
+
+def write_recording(path: Path, lines: list[str]) -> Path:
+    """One recording file (its folder made if needed); its size printed, as every recorder here reports it."""
+    path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    print(f"{path}: {path.stat().st_size} bytes", file=sys.stderr)
+    print(f"{path}: {len(lines)} lines, {path.stat().st_size} bytes", file=sys.stderr)
     return path
 
 

@@ -37,7 +37,7 @@ HERE = Path(__file__).parent
 OUT = HERE / "run_health"
 sys.path.insert(0, str(HERE))
 
-from record_rules_logs import recorded_lines  # noqa: E402 - the healthy recordings' writer, reused
+from record_rules_logs import recorded_lines, write_recording  # noqa: E402 - the healthy recordings' writer, reused
 
 
 def _callback(tmp: str):
@@ -198,11 +198,7 @@ def record(name: str) -> Path:
             make(tmp, cb).train()
             print(f"{name}: {make.__name__} {time.time() - t0:.1f}s", file=sys.stderr)
             lines.extend(recorded_lines(Path(tmp) / "run" / "events.jsonl"))
-    OUT.mkdir(exist_ok=True)
-    path = OUT / f"{name}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    print(f"{path}: {path.stat().st_size} bytes", file=sys.stderr)
-    return path
+    return write_recording(OUT / f"{name}.jsonl", lines)
 
 
 if __name__ == "__main__":
